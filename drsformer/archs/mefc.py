@@ -1,0 +1,159 @@
+"""Mixture-of-experts feature compensator (MEFC).
+
+A router (global average pool -> MLP -> softmax) gives, per image, a weight for each of 8 expert operations at
+each of 4 steps. Each step runs the 8 experts on its input, scales each output by its weight, fuses them with a
+1x1 conv + ReLU and adds a residual (ReLU again). The experts are separable convs (1, 3, 5, 7), dilated
+separable convs (3, 5, 7, dilation 2) and a 3x3 average pool.
+
+Attribute names (``layers``, ``_ops``, ``_out``, ``op``, ``preprocess``, ``ca_fc``) reproduce the published
+state-dict keys, e.g. ``encoder_level0.layers.1._ops.0._ops.3.op.4.weight``, so official checkpoints load as
+they are.
+
+The fast path is exact algebra on the same parameters: the last 1x1 conv of each expert, the expert weight and
+the fusing 1x1 conv are three linear maps in a row, so they are composed into one per-image 1x1 conv (a grouped
+conv over the batch); the four separable experts' first 1x1 convs run as one grouped conv.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# (name, kernel size, dilation) of the convolutional experts, in the published order; the 8th is avg-pool 3x3.
+SEPARABLE_KERNELS = (1, 3, 5, 7)
+DILATED_KERNELS = (3, 5, 7)
+NUM_EXPERTS = len(SEPARABLE_KERNELS) + len(DILATED_KERNELS) + 1
+NUM_STEPS = 4
+
+
+def _depthwise(channels: int, kernel: int, dilation: int = 1) -> nn.Conv2d:
+    pad = dilation * (kernel - 1) // 2
+    return nn.Conv2d(channels, channels, kernel, padding=pad, dilation=dilation, groups=channels, bias=False)
+
+
+def _pointwise(channels: int) -> nn.Conv2d:
+    return nn.Conv2d(channels, channels, 1, bias=False)
+
+
+class SeparableExpert(nn.Module):
+    """depthwise k x k -> 1x1 -> ReLU -> depthwise k x k -> 1x1 (``op.0``, ``op.1``, ``op.3``, ``op.4``)."""
+
+    def __init__(self, channels: int, kernel: int) -> None:
+        super().__init__()
+        self.op = nn.Sequential(
+            _depthwise(channels, kernel), _pointwise(channels), nn.ReLU(), _depthwise(channels, kernel), _pointwise(channels)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.op(x)
+
+
+class DilatedExpert(nn.Module):
+    """dilated (2) depthwise k x k -> 1x1 (``op.0``, ``op.1``)."""
+
+    def __init__(self, channels: int, kernel: int) -> None:
+        super().__init__()
+        self.op = nn.Sequential(_depthwise(channels, kernel, dilation=2), _pointwise(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.op(x)
+
+
+class AveragePoolExpert(nn.Module):
+    """3x3 average pool, padding not counted; no parameters."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+class ExpertRouter(nn.Module):
+    """Per-image expert logits of shape (B, steps, experts) from the globally pooled features (``ca_fc``)."""
+
+    def __init__(self, channels: int, steps: int = NUM_STEPS, experts: int = NUM_EXPERTS) -> None:
+        super().__init__()
+        self.steps, self.experts = steps, experts
+        hidden = steps * experts * 2
+        self.ca_fc = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, steps * experts))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ca_fc(x.mean(dim=(2, 3))).view(-1, self.steps, self.experts)
+
+
+class ExpertStep(nn.Module):
+    """One step: 8 weighted experts, fused by 1x1 conv + ReLU (``_ops``, ``_out``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        experts: list[nn.Module] = [SeparableExpert(channels, k) for k in SEPARABLE_KERNELS]
+        experts += [DilatedExpert(channels, k) for k in DILATED_KERNELS]
+        experts.append(AveragePoolExpert())
+        self._ops = nn.ModuleList(experts)
+        self._out = nn.Sequential(nn.Conv2d(channels * NUM_EXPERTS, channels, 1, bias=False), nn.ReLU())
+
+    def forward_reference(self, x: Tensor, weights: Tensor) -> Tensor:
+        """weights: (B, experts)."""
+        outs = [op(x) * weights[:, i].view(-1, 1, 1, 1) for i, op in enumerate(self._ops)]
+        return self._out(torch.cat(outs, dim=1))
+
+    def forward_fast(self, x: Tensor, weights: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        ops = self._ops
+        n_sep = len(SEPARABLE_KERNELS)
+        # Separable experts up to their last depthwise conv; their first 1x1 convs run as one grouped conv.
+        first = torch.cat([ops[i].op[0](x) for i in range(n_sep)], dim=1)
+        mixed = F.conv2d(first, torch.cat([ops[i].op[1].weight for i in range(n_sep)]), groups=n_sep).relu_()
+        features = [ops[i].op[3](chunk) for i, chunk in enumerate(mixed.chunk(n_sep, dim=1))]
+        features += [ops[i].op[0](x) for i in range(n_sep, NUM_EXPERTS - 1)]
+        features.append(ops[-1](x))
+        # Compose each expert's last 1x1 conv with its block of the fusing conv: out_i @ last_i (C x C).
+        fuse = self._out[0].weight.view(c, NUM_EXPERTS, c)
+        blocks = [fuse[:, i] @ ops[i].op[-1].weight.view(c, c) for i in range(NUM_EXPERTS - 1)]
+        blocks.append(fuse[:, -1])
+        composed = torch.stack(blocks, dim=1)  # (C_out, experts, C_in)
+        per_image = (composed.unsqueeze(0) * weights.to(composed.dtype).view(b, 1, NUM_EXPERTS, 1)).reshape(
+            b * c, NUM_EXPERTS * c, 1, 1
+        )
+        stacked = torch.cat(features, dim=1).reshape(1, b * NUM_EXPERTS * c, h, w)
+        return F.conv2d(stacked, per_image.to(stacked.dtype), groups=b).view(b, c, h, w).relu_()
+
+
+class ExpertPreprocess(nn.Module):
+    """1x1 conv + ReLU (``preprocess.op``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.op = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.op(x)
+
+
+class ExpertSteps(nn.Module):
+    """Preprocess, then ``steps`` residual expert steps."""
+
+    def __init__(self, channels: int, steps: int = NUM_STEPS) -> None:
+        super().__init__()
+        self.preprocess = ExpertPreprocess(channels)
+        self._ops = nn.ModuleList(ExpertStep(channels) for _ in range(steps))
+
+    def forward(self, x: Tensor, weights: Tensor, fast: bool) -> Tensor:
+        x = self.preprocess(x)
+        for i, step in enumerate(self._ops):
+            y = step.forward_fast(x, weights[:, i]) if fast else step.forward_reference(x, weights[:, i])
+            x = (y + x).relu()
+        return x
+
+
+class MEFC(nn.Module):
+    """The compensator: ``layers[0]`` routes, ``layers[1]`` runs the experts."""
+
+    def __init__(self, channels: int, steps: int = NUM_STEPS, impl: str = "fast") -> None:
+        super().__init__()
+        self.impl = impl
+        self.layers = nn.ModuleList([ExpertRouter(channels, steps), ExpertSteps(channels, steps)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        router, experts = self.layers
+        weights = router(x).softmax(dim=-1)
+        return experts(x, weights, fast=self.impl == "fast")
