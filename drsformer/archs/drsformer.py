@@ -5,7 +5,9 @@ published state-dict layout, so official ``{'params': ...}`` checkpoints load st
 
 Every block has two implementations of the same maths, selected with :meth:`DRSformer.set_impl`:
 ``"reference"`` computes it as the paper and published code write it, ``"fast"`` (default) rearranges the
-algebra (see each module's docstring). Both give the same function on the same parameters.
+algebra (see each module's docstring). Both give the same function on the same parameters. The ``layout`` part
+is the memory layout: ``"fast"`` runs CPU inputs channels-last (NHWC), where oneDNN's convolutions and the fused
+layer norm are much faster; CUDA inputs keep the layout they come in.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .attention import TopKSparseAttention
 from .mefc import MEFC
 
 IMPLS = ("fast", "reference")
-IMPL_PARTS = ("attention", "ffn", "mefc", "norm")
+IMPL_PARTS = ("attention", "ffn", "mefc", "norm", "layout")
 LAYERNORM_TYPES = ("WithBias", "BiasFree")
 # Height and width must be multiples of this: three 2x down-samplings.
 SIZE_MULTIPLE = 8
@@ -75,9 +77,8 @@ class MixedScaleFeedForward(nn.Module):
     """MSFN: 1x1 up -> parallel depthwise 3x3 / 5x5 (+ReLU) -> the halves swap branches -> grouped 3x3 / 5x5
     (+ReLU) -> 1x1 down.
 
-    Fast path: the two first-stage depthwise convs read the same input, so they run as one depthwise conv with
-    two outputs per channel (the 3x3 kernel zero-padded to 5x5); one channel gather then builds both second-stage
-    inputs, and the two second-stage grouped convs run as one grouped conv whose output is already concatenated.
+    Fast path: the 1x1 down-projection of ``cat([x1, x2])`` is split into ``W_1 x1 + W_2 x2``, so the widest
+    concatenation (2 x hidden channels) becomes an add over ``dim`` channels.
     """
 
     def __init__(self, dim: int, ffn_expansion_factor: float, bias: bool, impl: str = "fast") -> None:
@@ -91,40 +92,22 @@ class MixedScaleFeedForward(nn.Module):
         self.dwconv3x3_1 = nn.Conv2d(hidden * 2, hidden, 3, padding=1, groups=hidden, bias=bias)
         self.dwconv5x5_1 = nn.Conv2d(hidden * 2, hidden, 5, padding=2, groups=hidden, bias=bias)
         self.project_out = nn.Conv2d(hidden * 2, dim, kernel_size=1, bias=bias)
-        # Channel order taking the merged first stage [3x3 c, 5x5 c for c in 0..2h) to [x1_3, x1_5, x2_3, x2_5].
-        h = hidden
-        order = [2 * c for c in range(h)] + [2 * c + 1 for c in range(h)]
-        order += [2 * c for c in range(h, 2 * h)] + [2 * c + 1 for c in range(h, 2 * h)]
-        self.register_buffer("_gather", torch.tensor(order), persistent=False)
 
-    def forward_reference(self, x: Tensor) -> Tensor:
+    def _mixed_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self.project_in(x)
         x1_3, x2_3 = F.relu(self.dwconv3x3(x)).chunk(2, dim=1)
         x1_5, x2_5 = F.relu(self.dwconv5x5(x)).chunk(2, dim=1)
         x1 = F.relu(self.dwconv3x3_1(torch.cat([x1_3, x1_5], dim=1)))
         x2 = F.relu(self.dwconv5x5_1(torch.cat([x2_3, x2_5], dim=1)))
-        return self.project_out(torch.cat([x1, x2], dim=1))
+        return x1, x2
 
-    @staticmethod
-    def _pad_kernel(weight: Tensor) -> Tensor:
-        return F.pad(weight, (1, 1, 1, 1)) if weight.shape[-1] == 3 else weight
-
-    def _interleave(self, a: Tensor, b: Tensor | None) -> Tensor | None:
-        if a is None:
-            return None
-        return torch.stack([a, b], dim=1).flatten(0, 1)
+    def forward_reference(self, x: Tensor) -> Tensor:
+        return self.project_out(torch.cat(self._mixed_scale(x), dim=1))
 
     def forward_fast(self, x: Tensor) -> Tensor:
-        h2 = 2 * self.hidden
-        x = self.project_in(x)
-        w1 = torch.stack([self._pad_kernel(self.dwconv3x3.weight), self.dwconv5x5.weight], dim=1).view(2 * h2, 1, 5, 5)
-        b1 = self._interleave(self.dwconv3x3.bias, self.dwconv5x5.bias)
-        y = F.conv2d(x, w1, b1, padding=2, groups=h2).relu_()
-        y = y.index_select(1, self._gather)
-        w2 = torch.cat([self._pad_kernel(self.dwconv3x3_1.weight), self.dwconv5x5_1.weight])
-        b2 = None if self.dwconv3x3_1.bias is None else torch.cat([self.dwconv3x3_1.bias, self.dwconv5x5_1.bias])
-        y = F.conv2d(y, w2, b2, padding=2, groups=h2).relu_()
-        return self.project_out(y)
+        x1, x2 = self._mixed_scale(x)
+        w1, w2 = self.project_out.weight.split(self.hidden, dim=1)
+        return F.conv2d(x1, w1, self.project_out.bias).add_(F.conv2d(x2, w2))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_fast(x) if self.impl == "fast" else self.forward_reference(x)
@@ -221,6 +204,7 @@ class DRSformer(nn.Module):
             LayerNorm_type=LayerNorm_type,
             mefc=mefc,
         )
+        self.layout_impl = impl
         args = (ffn_expansion_factor, bias, LayerNorm_type, impl)
         d1, d2, d3, d4 = dim, dim * 2, dim * 4, dim * 8
 
@@ -252,15 +236,17 @@ class DRSformer(nn.Module):
         return self.config["mefc"]
 
     def set_impl(self, impl: str, parts: Iterable[str] = IMPL_PARTS) -> DRSformer:
-        """Switches ``parts`` (attention, ffn, mefc, norm) to the ``fast`` or ``reference`` implementation."""
+        """Switches ``parts`` (attention, ffn, mefc, norm, layout) to the ``fast`` or ``reference`` implementation."""
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         kinds = {"attention": TopKSparseAttention, "ffn": MixedScaleFeedForward, "mefc": MEFC, "norm": LayerNorm}
         parts = list(parts)
         for part in parts:
-            if part not in kinds:
+            if part not in IMPL_PARTS:
                 raise ValueError(f"unknown part {part!r}; choose from {IMPL_PARTS}")
-        selected = tuple(kinds[p] for p in parts)
+        if "layout" in parts:
+            self.layout_impl = impl
+        selected = tuple(kinds[p] for p in parts if p != "layout")
         for module in self.modules():
             if isinstance(module, selected):
                 module.impl = impl
@@ -285,8 +271,13 @@ class DRSformer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         padded, size = pad_to_multiple(x, SIZE_MULTIPLE)
+        relayout = self.layout_impl == "fast" and x.device.type == "cpu"
+        if relayout:
+            padded = padded.contiguous(memory_format=torch.channels_last)
         out = self.forward_features(padded)
-        return out if padded is x else crop_to(out, size)
+        if padded.shape != x.shape:
+            out = crop_to(out, size)
+        return out.contiguous() if relayout and x.is_contiguous() else out
 
 
 def drsformer(**overrides) -> DRSformer:

@@ -9,9 +9,9 @@ Attribute names (``layers``, ``_ops``, ``_out``, ``op``, ``preprocess``, ``ca_fc
 state-dict keys, e.g. ``encoder_level0.layers.1._ops.0._ops.3.op.4.weight``, so official checkpoints load as
 they are.
 
-The fast path is exact algebra on the same parameters: the last 1x1 conv of each expert, the expert weight and
-the fusing 1x1 conv are three linear maps in a row, so they are composed into one per-image 1x1 conv (a grouped
-conv over the batch); the four separable experts' first 1x1 convs run as one grouped conv.
+The fast path is exact algebra on the same parameters: each expert's last 1x1 conv, its routing weight and its
+block of the fusing 1x1 conv are linear maps in a row, so the 1x1 convs are composed into one C x C block per
+expert (computed once per forward from the weights) and the seven per-expert 1x1 convs disappear.
 """
 
 from __future__ import annotations
@@ -97,25 +97,16 @@ class ExpertStep(nn.Module):
         return self._out(torch.cat(outs, dim=1))
 
     def forward_fast(self, x: Tensor, weights: Tensor) -> Tensor:
-        b, c, h, w = x.shape
+        c = x.shape[1]
         ops = self._ops
-        n_sep = len(SEPARABLE_KERNELS)
-        # Separable experts up to their last depthwise conv; their first 1x1 convs run as one grouped conv.
-        first = torch.cat([ops[i].op[0](x) for i in range(n_sep)], dim=1)
-        mixed = F.conv2d(first, torch.cat([ops[i].op[1].weight for i in range(n_sep)]), groups=n_sep).relu_()
-        features = [ops[i].op[3](chunk) for i, chunk in enumerate(mixed.chunk(n_sep, dim=1))]
-        features += [ops[i].op[0](x) for i in range(n_sep, NUM_EXPERTS - 1)]
-        features.append(ops[-1](x))
-        # Compose each expert's last 1x1 conv with its block of the fusing conv: out_i @ last_i (C x C).
+        # Every expert up to (not including) its last 1x1 conv; the avg-pool expert has none.
+        features = [op.op[:-1](x) for op in ops[:-1]] + [ops[-1](x)]
+        # Each expert's last 1x1 conv composed with its block of the fusing conv: fuse_i @ last_i (C x C).
         fuse = self._out[0].weight.view(c, NUM_EXPERTS, c)
-        blocks = [fuse[:, i] @ ops[i].op[-1].weight.view(c, c) for i in range(NUM_EXPERTS - 1)]
-        blocks.append(fuse[:, -1])
-        composed = torch.stack(blocks, dim=1)  # (C_out, experts, C_in)
-        per_image = (composed.unsqueeze(0) * weights.to(composed.dtype).view(b, 1, NUM_EXPERTS, 1)).reshape(
-            b * c, NUM_EXPERTS * c, 1, 1
-        )
-        stacked = torch.cat(features, dim=1).reshape(1, b * NUM_EXPERTS * c, h, w)
-        return F.conv2d(stacked, per_image.to(stacked.dtype), groups=b).view(b, c, h, w).relu_()
+        blocks = [fuse[:, i] @ op.op[-1].weight.view(c, c) for i, op in enumerate(ops[:-1])]
+        composed = torch.stack(blocks + [fuse[:, -1]], dim=1).view(c, NUM_EXPERTS * c, 1, 1)
+        scale = weights.repeat_interleave(c, dim=1)[:, :, None, None]
+        return F.conv2d(torch.cat(features, dim=1).mul_(scale), composed).relu_()
 
 
 class ExpertPreprocess(nn.Module):
