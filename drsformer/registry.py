@@ -6,6 +6,10 @@ import inspect
 from typing import Any, Callable
 
 
+class ConfigError(ValueError):
+    """A configuration value or key that cannot be used; the message names it."""
+
+
 class Registry:
     """Maps the ``type:`` names used in YAML configs to classes or factories."""
 
@@ -28,13 +32,13 @@ class Registry:
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._entries:
             known = ", ".join(sorted(self._entries)) or "(none)"
-            raise KeyError(f"unknown {self.kind} type {name!r}; known types: {known}")
+            raise ConfigError(f"unknown {self.kind} type {name!r}; known types: {known}")
         return self._entries[name]
 
     def build(self, opt: dict[str, Any], where: str = "") -> Any:
         """Builds ``opt['type'](**rest)``; an unknown argument is an error naming the key."""
         if "type" not in opt:
-            raise KeyError(f"{where or self.kind}: missing 'type' key")
+            raise ConfigError(f"{where or self.kind}: missing 'type' key")
         kwargs = {k: v for k, v in opt.items() if k != "type"}
         cls = self.get(opt["type"])
         check_kwargs(cls, kwargs, where=where or f"{self.kind} {opt['type']}")
@@ -48,14 +52,14 @@ class Registry:
 
 
 def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
-    """Raises ``KeyError`` naming the first keyword ``fn`` does not accept."""
+    """Raises :class:`ConfigError` naming the first keyword ``fn`` does not accept."""
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     accepted = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
     for key in kwargs:
         if key not in accepted:
-            raise KeyError(f"{where}: unknown key {key!r}; accepted keys: {', '.join(accepted)}")
+            raise ConfigError(f"{where}: unknown key {key!r}; accepted keys: {', '.join(accepted)}")
 
 
 ARCH_REGISTRY = Registry("arch")

@@ -1,5 +1,29 @@
 """Network architectures. Importing this package registers them in ``ARCH_REGISTRY``."""
 
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..registry import ARCH_REGISTRY
+from .checkpoint import CheckpointError, from_checkpoint, infer_config
 from .drsformer import PAPER_VARIANTS, DRSformer, drsformer, drsformer_no_mefc
 
-__all__ = ["DRSformer", "PAPER_VARIANTS", "drsformer", "drsformer_no_mefc"]
+
+def build_network(opt: dict[str, Any]) -> nn.Module:
+    """Builds ``{'type': 'DRSformer', **kwargs}`` (a YAML ``network_g`` section); unknown keys are errors."""
+    return ARCH_REGISTRY.build(dict(opt), where="network_g")
+
+
+__all__ = [
+    "ARCH_REGISTRY",
+    "CheckpointError",
+    "DRSformer",
+    "PAPER_VARIANTS",
+    "build_network",
+    "drsformer",
+    "drsformer_no_mefc",
+    "from_checkpoint",
+    "infer_config",
+]

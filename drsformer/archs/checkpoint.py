@@ -1,0 +1,206 @@
+"""Load published or our own DRSformer weights: read safely, infer the architecture, load strictly.
+
+A published checkpoint is ``{'params': state_dict}`` (sometimes also ``params_ema``); every constructor argument
+of :class:`~drsformer.archs.DRSformer` can be read back from the key names and tensor shapes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import re
+import zipfile
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .drsformer import DRSformer
+
+STAGES = ("encoder_level1", "encoder_level2", "encoder_level3", "latent")
+DECODERS = {"decoder_level1": 0, "decoder_level2": 1, "decoder_level3": 2}
+WRAPPER_KEYS = ("params", "params_ema", "state_dict", "model", "net_g")
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """A file or dict that cannot be loaded as DRSformer weights; the message says which and why."""
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors for missing, truncated or unsafe files."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "weights_only" in text or "Weights only load failed" in text:
+            culprit = re.search(r"GLOBAL ([\w.]+)|global '?([\w.]+)", text)
+            name = next((g for g in culprit.groups() if g), None) if culprit else None
+            what = f" (it references {name})" if name else ""
+            raise CheckpointError(
+                f"{path}: refused, the file contains pickled code or objects{what}, not just tensors; "
+                "only weights are loaded (torch.load weights_only=True). Re-save it as "
+                "torch.save({'params': model.state_dict()}, path) from a trusted environment."
+            ) from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(text)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"{path}: unreadable, the file is truncated or corrupt ({type(err).__name__}: {_first_line(str(err))})"
+        ) from None
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "no details"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def extract_state_dict(obj: Any, key: str = "params", source: str = "checkpoint") -> dict[str, Tensor]:
+    """Picks ``obj[key]`` from a wrapper dict (or takes a bare state dict) and strips DDP/compile prefixes."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: expected a dict of tensors, found {type(obj).__name__}")
+    if key in obj and isinstance(obj[key], Mapping):
+        state = obj[key]
+    elif obj and all(isinstance(v, Tensor) for v in obj.values()):
+        state = obj
+    else:
+        wrappers = [k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
+        if wrappers:
+            raise CheckpointError(f"{source}: has no {key!r} weights; it holds {', '.join(map(repr, wrappers))}")
+        shown = ", ".join(map(repr, list(obj)[:5])) or "nothing"
+        raise CheckpointError(f"{source}: no {key!r} state dict found (top-level keys: {shown})")
+    clean: dict[str, Tensor] = {}
+    for name, value in state.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{source}: entry {name!r} is a {type(value).__name__}, not a tensor")
+        for prefix in STRIP_PREFIXES:
+            while name.startswith(prefix):
+                name = name[len(prefix) :]
+        clean[name] = value
+    return clean
+
+
+def _shape(state: Mapping[str, Tensor], key: str, source: str) -> torch.Size:
+    if key not in state:
+        raise CheckpointError(f"{source}: not a DRSformer checkpoint, key {key!r} is missing ({_describe(state)})")
+    return state[key].shape
+
+
+def _describe(state: Mapping[str, Tensor]) -> str:
+    if not state:
+        return "the state dict is empty"
+    if any(k.endswith("ffn.dwconv.weight") for k in state):
+        return "its keys look like a Restormer checkpoint"
+    return f"{len(state)} keys, e.g. {', '.join(list(state)[:3])}"
+
+
+def infer_ffn_factor(dims: list[int], hidden: list[int]) -> float:
+    """The simplest decimal f with ``int(d * f) == h`` for every (d, h) pair, as the model computes widths."""
+    low = max(h / d for d, h in zip(dims, hidden))
+    high = min((h + 1) / d for d, h in zip(dims, hidden))
+    for decimals in range(0, 9):
+        scale = 10**decimals
+        candidate = math.ceil(low * scale - 1e-9) / scale
+        for f in (candidate, candidate + 1 / scale):
+            if f < high and all(int(d * f) == h for d, h in zip(dims, hidden)):
+                return f
+    raise CheckpointError(f"no ffn_expansion_factor gives hidden widths {hidden} for widths {dims}")
+
+
+def infer_config(state: Mapping[str, Tensor], source: str = "checkpoint") -> dict[str, Any]:
+    """Constructor arguments of the DRSformer whose state dict is ``state``."""
+    embed = _shape(state, "patch_embed.proj.weight", source)
+    out = _shape(state, "output.weight", source)
+    dim = embed[0]
+    counts = Counter()
+    for name in state:
+        m = re.match(r"^(encoder_level[123]|latent|decoder_level[123])\.(\d+)\.", name)
+        if m:
+            counts[m.group(1)] = max(counts[m.group(1)], int(m.group(2)) + 1)
+    num_blocks = [counts[s] for s in STAGES]
+    if not all(num_blocks):
+        empty = [s for s, n in zip(STAGES, num_blocks) if not n]
+        raise CheckpointError(f"{source}: not a DRSformer checkpoint, no blocks for {', '.join(empty)}")
+    for decoder, level in DECODERS.items():
+        if counts[decoder] != num_blocks[level]:
+            raise CheckpointError(
+                f"{source}: {decoder} has {counts[decoder]} blocks but {STAGES[level]} has {num_blocks[level]}; "
+                "DRSformer decoders mirror the encoders"
+            )
+    heads = [_shape(state, f"{s}.0.attn.temperature", source)[0] for s in STAGES]
+    widths = [dim * 2**i for i in range(4)]
+    hidden = [_shape(state, f"{s}.0.ffn.project_in.weight", source)[0] // 2 for s in STAGES]
+    return dict(
+        inp_channels=int(embed[1]),
+        out_channels=int(out[0]),
+        dim=int(dim),
+        num_blocks=num_blocks,
+        heads=[int(h) for h in heads],
+        ffn_expansion_factor=infer_ffn_factor(widths, hidden),
+        bias="encoder_level1.0.attn.qkv.bias" in state,
+        LayerNorm_type="WithBias" if "encoder_level1.0.norm1.body.bias" in state else "BiasFree",
+        mefc=any(k.startswith(("encoder_level0.", "refinement.")) for k in state),
+    )
+
+
+def _pattern_summary(keys: list[str], limit: int = 3) -> str:
+    patterns = Counter(re.sub(r"\d+", "*", k) for k in keys)
+    shown = ", ".join(f"{p} (x{n})" if n > 1 else p for p, n in patterns.most_common(limit))
+    more = len(patterns) - limit
+    return shown + (f", and {more} more patterns" if more > 0 else "")
+
+
+def check_keys(model: torch.nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Raises a short :class:`CheckpointError` when ``state`` does not fit ``model`` exactly."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing and all(re.search(r"\.attn\.attn[1-4]$", k) for k in missing) and not unexpected:
+        raise CheckpointError(
+            f"{source}: lacks the top-k mixing scalars attn1..attn4 of all {len(missing) // 4} attention layers "
+            "(the authors' mis-uploaded Rain100L checkpoint looks like this, DRSformer issue #4); "
+            "the model cannot run without them, so use another checkpoint or retrain"
+        )
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_pattern_summary(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_pattern_summary(unexpected)}")
+    if problems:
+        raise CheckpointError(f"{source}: does not match DRSformer; " + "; ".join(problems))
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"{source}: {name} has shape {list(state[name].shape)} but the model expects {list(tensor.shape)}"
+            )
+
+
+def from_checkpoint(
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    key: str = "params",
+    map_location: str | torch.device = "cpu",
+    **overrides: Any,
+) -> DRSformer:
+    """Builds the DRSformer a checkpoint was trained as and loads it strictly.
+
+    ``checkpoint`` is a file path, a wrapper dict such as ``{'params': ...}`` or a bare state dict; ``key``
+    picks ``params`` or ``params_ema``. ``overrides`` replace inferred constructor arguments (``impl`` too).
+    """
+    if isinstance(checkpoint, Mapping):
+        source, obj = "state dict", checkpoint
+    else:
+        source = os.fspath(checkpoint)
+        obj = read_checkpoint(source, map_location=map_location)
+    state = extract_state_dict(obj, key=key, source=source)
+    config = {**infer_config(state, source), **overrides}
+    model = DRSformer(**config)
+    check_keys(model, state, source)
+    model.load_state_dict(state, strict=True)
+    return model
