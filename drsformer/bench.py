@@ -142,7 +142,9 @@ def run(model: DRSformer, settings: BenchSettings, paths: list[str]) -> tuple[li
     device = torch.device(settings.device)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     generator = torch.Generator().manual_seed(settings.seed)
-    image = torch.rand(settings.batch, model.config["inp_channels"], settings.height, settings.width, generator=generator)
+    image = torch.rand(
+        settings.batch, model.config["inp_channels"], settings.height, settings.width, generator=generator
+    )
     image = image.to(device).contiguous(memory_format=memory_format)
     runners = []
     for path in paths:
@@ -156,7 +158,7 @@ def run(model: DRSformer, settings: BenchSettings, paths: list[str]) -> tuple[li
         outputs = [r.output() for r in runners]
         difference = max((o - outputs[0]).abs().max().item() for o in outputs[1:])
 
-    for runner, result in zip(runners, results):
+    for runner, result in zip(runners, results, strict=True):
         _sync(device)
         _reset_peak(device)
         for _ in range(max(settings.warmup, 1)):
@@ -164,7 +166,7 @@ def run(model: DRSformer, settings: BenchSettings, paths: list[str]) -> tuple[li
         _sync(device)
         result.peak_memory_mb = _peak_mb(device)
     for _ in range(settings.repeat):
-        for runner, result in zip(runners, results):
+        for runner, result in zip(runners, results, strict=True):
             result.times_ms.append(runner.timed_step())
     return results, difference
 
@@ -184,7 +186,10 @@ def environment(device: str) -> dict[str, Any]:
 
 def format_table(settings: BenchSettings, results: list[BenchResult], difference: float | None) -> str:
     size = f"{settings.batch}x{settings.height}x{settings.width}"
-    header = f"{'path':<10} {'mode':<6} {'device':<7} {'prec':<5} {'input':<12} {'ms/iter':>9} {'images/s':>9} {'peak MB':>9}"
+    header = (
+        f"{'path':<10} {'mode':<6} {'device':<7} {'prec':<5} {'input':<12} "
+        f"{'ms/iter':>9} {'images/s':>9} {'peak MB':>9}"
+    )
     lines = [header, "-" * len(header)]
     for r in results:
         rate = settings.batch * 1000 / r.median_ms

@@ -32,8 +32,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (weights, or an architecture to build with random weights)")
     group.add_argument("--weights", help="checkpoint file; its architecture is inferred from the keys")
     group.add_argument("--params-key", default="params", help="weights inside the checkpoint: params or params_ema")
-    group.add_argument("--variant", choices=sorted(VARIANTS), default="drsformer",
-                       help="drsformer (with MEFC; Rain200H/DID/DDN) or drsformer_no_mefc (Rain200L/SPA)")
+    group.add_argument(
+        "--variant",
+        choices=sorted(VARIANTS),
+        default="drsformer",
+        help="drsformer (with MEFC; Rain200H/DID/DDN) or drsformer_no_mefc (Rain200L/SPA)",
+    )
     group.add_argument("--dim", type=int, default=48)
     group.add_argument("--num-blocks", type=int, nargs=4, default=[4, 6, 6, 8], metavar="N")
     group.add_argument("--heads", type=int, nargs=4, default=[1, 2, 4, 8], metavar="N")
@@ -112,17 +116,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(bench)
     bench.add_argument("--size", type=parse_size, default=(128, 128), help="N or HxW (default 128)")
     bench.add_argument("--batch", type=int, default=1)
-    bench.add_argument("--mode", choices=["infer", "train"], default="infer",
-                       help="infer: forward only; train: forward + L1 loss + backward + AdamW step")
+    bench.add_argument(
+        "--mode",
+        choices=["infer", "train"],
+        default="infer",
+        help="infer: forward only; train: forward + L1 loss + backward + AdamW step",
+    )
     bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    bench.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                       help="bf16/fp16 run under torch.autocast (fp16 training with a GradScaler)")
+    bench.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="bf16/fp16 run under torch.autocast (fp16 training with a GradScaler)",
+    )
     bench.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     bench.add_argument("--channels-last", action="store_true", help="model and input in channels-last layout")
-    bench.add_argument("--attention", choices=["fast", "reference"], default="fast",
-                       help="which implementation to time: the fast path or the paper's plain formulation")
-    bench.add_argument("--compare", action="store_true",
-                       help="time reference and fast paths on the same weights; print speed-up and max difference")
+    bench.add_argument(
+        "--attention",
+        choices=["fast", "reference"],
+        default="fast",
+        help="which implementation to time: the fast path or the paper's plain formulation",
+    )
+    bench.add_argument(
+        "--compare",
+        action="store_true",
+        help="time reference and fast paths on the same weights; print speed-up and max difference",
+    )
     bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--repeat", type=int, default=10)
     bench.add_argument("--seed", type=int, default=0)

@@ -40,19 +40,23 @@ def topk_counts(channels: int) -> tuple[int, ...]:
 
 
 def normalized_scores(q: Tensor, k: Tensor, temperature: Tensor) -> Tensor:
-    """``temperature * normalize(q) @ normalize(k)^T`` over the last (spatial) dimension."""
+    """``temperature * normalize(q) @ normalize(k)^T`` over the last (spatial) dimension.
+
+    Half-precision q and k are normalised in float32: the norm's 1e-12 floor underflows to 0 in fp16, which
+    turns an all-zero row (a blank image region) into 0/0 = NaN.
+    """
+    if q.dtype in (torch.float16, torch.bfloat16):
+        q, k = q.float(), k.float()
     q = F.normalize(q, dim=-1)
     k = F.normalize(k, dim=-1)
     return (q @ k.transpose(-2, -1)) * temperature
 
 
-def sparse_attention_reference(
-    q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, mix: Sequence[Tensor]
-) -> Tensor:
+def sparse_attention_reference(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, mix: Sequence[Tensor]) -> Tensor:
     """The paper's formula, step by step. q, k, v: (B, heads, C, N); returns (B, heads, C, N)."""
     scores = normalized_scores(q, k, temperature)
     out = None
-    for count, weight in zip(topk_counts(scores.shape[-1]), mix):
+    for count, weight in zip(topk_counts(scores.shape[-1]), mix, strict=True):
         index = scores.topk(count, dim=-1).indices
         keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, index, True)
         probs = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1)
@@ -69,7 +73,7 @@ def sparse_attention_weights(scores: Tensor, mix: Sequence[Tensor]) -> Tensor:
     # contribution is exactly zero, hence detach.
     shifted = torch.exp(scores - top[..., :1].detach())
     coefficient = None
-    for count, weight in zip(counts, mix):
+    for count, weight in zip(counts, mix, strict=True):
         keep = scores >= top[..., count - 1 : count]
         kept = shifted * keep
         term = keep * (weight / kept.sum(dim=-1, keepdim=True))

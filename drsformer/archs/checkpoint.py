@@ -41,16 +41,18 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        if "weights_only" in text or "Weights only load failed" in text:
-            culprit = re.search(r"GLOBAL ([\w.]+)|global '?([\w.]+)", text)
-            name = next((g for g in culprit.groups() if g), None) if culprit else None
-            what = f" (it references {name})" if name else ""
+        culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if culprit:
             raise CheckpointError(
-                f"{path}: refused, the file contains pickled code or objects{what}, not just tensors; "
-                "only weights are loaded (torch.load weights_only=True). Re-save it as "
+                f"{path}: refused, the file contains pickled code or objects (it references {culprit.group(1)}), "
+                "not just tensors; only weights are loaded (torch.load weights_only=True). Re-save it as "
                 "torch.save({'params': model.state_dict()}, path) from a trusted environment."
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(text)})") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        reason = detail.group(1).strip() if detail else _first_line(text)
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint, or a corrupt one (unpickling failed: {_first_line(reason)})"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
         raise CheckpointError(
             f"{path}: unreadable, the file is truncated or corrupt ({type(err).__name__}: {_first_line(str(err))})"
@@ -103,13 +105,13 @@ def _describe(state: Mapping[str, Tensor]) -> str:
 
 def infer_ffn_factor(dims: list[int], hidden: list[int]) -> float:
     """The simplest decimal f with ``int(d * f) == h`` for every (d, h) pair, as the model computes widths."""
-    low = max(h / d for d, h in zip(dims, hidden))
-    high = min((h + 1) / d for d, h in zip(dims, hidden))
+    low = max(h / d for d, h in zip(dims, hidden, strict=True))
+    high = min((h + 1) / d for d, h in zip(dims, hidden, strict=True))
     for decimals in range(0, 9):
         scale = 10**decimals
         candidate = math.ceil(low * scale - 1e-9) / scale
         for f in (candidate, candidate + 1 / scale):
-            if f < high and all(int(d * f) == h for d, h in zip(dims, hidden)):
+            if f < high and all(int(d * f) == h for d, h in zip(dims, hidden, strict=True)):
                 return f
     raise CheckpointError(f"no ffn_expansion_factor gives hidden widths {hidden} for widths {dims}")
 
@@ -126,7 +128,7 @@ def infer_config(state: Mapping[str, Tensor], source: str = "checkpoint") -> dic
             counts[m.group(1)] = max(counts[m.group(1)], int(m.group(2)) + 1)
     num_blocks = [counts[s] for s in STAGES]
     if not all(num_blocks):
-        empty = [s for s, n in zip(STAGES, num_blocks) if not n]
+        empty = [s for s, n in zip(STAGES, num_blocks, strict=True) if not n]
         raise CheckpointError(f"{source}: not a DRSformer checkpoint, no blocks for {', '.join(empty)}")
     for decoder, level in DECODERS.items():
         if counts[decoder] != num_blocks[level]:
@@ -195,6 +197,8 @@ def from_checkpoint(
     """
     if isinstance(checkpoint, Mapping):
         source, obj = "state dict", checkpoint
+    elif not isinstance(checkpoint, (str, os.PathLike)):
+        raise CheckpointError(f"expected a checkpoint path or a state dict, got a {type(checkpoint).__name__}")
     else:
         source = os.fspath(checkpoint)
         obj = read_checkpoint(source, map_location=map_location)

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..registry import ARCH_REGISTRY
 from ..inference import crop_to, pad_to_multiple
+from ..registry import ARCH_REGISTRY
 from .attention import TopKSparseAttention
 from .mefc import MEFC
 
@@ -184,7 +184,7 @@ class DRSformer(nn.Module):
         heads: Sequence[int] = (1, 2, 4, 8),
         ffn_expansion_factor: float = 2.66,
         bias: bool = False,
-        LayerNorm_type: str = "WithBias",  # noqa: N803 - the published YAML key
+        LayerNorm_type: str = "WithBias",  # the published YAML key
         mefc: bool = True,
         impl: str = "fast",
     ) -> None:

@@ -42,7 +42,11 @@ class SeparableExpert(nn.Module):
     def __init__(self, channels: int, kernel: int) -> None:
         super().__init__()
         self.op = nn.Sequential(
-            _depthwise(channels, kernel), _pointwise(channels), nn.ReLU(), _depthwise(channels, kernel), _pointwise(channels)
+            _depthwise(channels, kernel),
+            _pointwise(channels),
+            nn.ReLU(),
+            _depthwise(channels, kernel),
+            _pointwise(channels),
         )
 
     def forward(self, x: Tensor) -> Tensor:
