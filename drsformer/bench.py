@@ -148,9 +148,9 @@ def run(model: DRSformer, settings: BenchSettings, paths: list[str]) -> tuple[li
     image = image.to(device).contiguous(memory_format=memory_format)
     runners = []
     for path in paths:
-        copy_ = copy.deepcopy(model) if len(paths) > 1 else model
-        copy_ = copy_.set_impl(path).to(device, memory_format=memory_format)
-        runners.append(_Runner(path, copy_, settings, image))
+        replica = copy.deepcopy(model) if len(paths) > 1 else model
+        replica = replica.set_impl(path).to(device, memory_format=memory_format)
+        runners.append(_Runner(path, replica, settings, image))
     results = [BenchResult(r.name) for r in runners]
 
     difference = None

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# (name, kernel size, dilation) of the convolutional experts, in the published order; the 8th is avg-pool 3x3.
+# Kernel sizes of the separable and the dilated (dilation 2) experts, in the published order; the 8th is avg-pool.
 SEPARABLE_KERNELS = (1, 3, 5, 7)
 DILATED_KERNELS = (3, 5, 7)
 NUM_EXPERTS = len(SEPARABLE_KERNELS) + len(DILATED_KERNELS) + 1
