@@ -102,6 +102,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .metrics.evaluate import canonical_dataset, evaluate_folders, write_json
+    from .metrics.matlab import DATASET_PROTOCOLS
+
+    dataset = canonical_dataset(args.dataset) if args.dataset else None
+    protocol = args.protocol or (DATASET_PROTOCOLS[dataset] if dataset else None)
+    if protocol is None:
+        raise ConfigError("choose --protocol restormer|rcdnet, or --dataset to use the paper's protocol for it")
+    if dataset and args.protocol and args.protocol != DATASET_PROTOCOLS[dataset]:
+        print(
+            f"note: the paper evaluates {dataset} with the {DATASET_PROTOCOLS[dataset]} protocol; "
+            f"using {args.protocol} as asked",
+            file=sys.stderr,
+        )
+    report = evaluate_folders(args.restored, args.gt, protocol, args.pair_by, args.workers, not args.quiet, dataset)
+    print(report.summary())
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drsformer", description="DRSformer single-image deraining")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -147,6 +169,34 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.set_defaults(handler=cmd_bench)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="Y-channel PSNR/SSIM of restored images, as the paper's MATLAB scripts compute them"
+    )
+    evaluate.add_argument("--restored", required=True, help="folder of restored (derained) images")
+    evaluate.add_argument("--gt", required=True, help="folder of ground-truth images")
+    evaluate.add_argument(
+        "--protocol",
+        choices=["restormer", "rcdnet"],
+        help="restormer: uint8 Y, 2003 SSIM (Rain200L/H, SPA); rcdnet: float Y, 2009 SSIM (DID, DDN)",
+    )
+    evaluate.add_argument("--dataset", help="Rain200L, Rain200H, DID, DDN or SPA: picks the paper's protocol")
+    evaluate.add_argument(
+        "--pair-by",
+        choices=["stem", "sorted"],
+        default="stem",
+        help="stem: match file names; sorted: pair by position like the MATLAB scripts",
+    )
+    evaluate.add_argument("--workers", type=int, default=None, help="processes (default: cores, at most 8)")
+    evaluate.add_argument("--json", metavar="FILE", help="write per-image and mean scores as JSON")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    from .data import synth_rain
+
+    synth = commands.add_parser("synth-rain", help="write rainy/clean training pairs from a folder of clean photos")
+    synth_rain.add_arguments(synth)
+    synth.set_defaults(handler=synth_rain.run)
     return parser
 
 
@@ -154,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as err:
+    except (CheckpointError, ConfigError, ValueError, OSError) as err:
         print(f"drsformer {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -12,6 +12,12 @@ import numpy as np
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class ImageReadError(OSError):
     """An image that is missing, unreadable or corrupt; the message names it."""
 
@@ -89,6 +95,7 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(encoded.tobytes())
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

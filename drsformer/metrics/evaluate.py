@@ -1,0 +1,183 @@
+"""Folder-against-folder evaluation with either MATLAB protocol (the ``evaluate`` subcommand)."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..data.io import ImageReadError, list_images, read_image, to_uint8
+from .matlab import DATASET_PROTOCOLS, PROTOCOLS, evaluate_pair
+
+DATASET_ALIASES = {
+    "rain200l": "Rain200L",
+    "rain200h": "Rain200H",
+    "did": "DID",
+    "did-data": "DID",
+    "ddn": "DDN",
+    "ddn-data": "DDN",
+    "spa": "SPA",
+    "spa-data": "SPA",
+}
+SHOWN = 5  # names listed in an error before "and N more"
+
+
+class EvaluationError(ValueError):
+    """Folders that cannot be evaluated; the message names the files at fault."""
+
+
+def canonical_dataset(name: str) -> str:
+    key = name.lower()
+    if key not in DATASET_ALIASES:
+        raise EvaluationError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_PROTOCOLS)}")
+    return DATASET_ALIASES[key]
+
+
+def _listing(names: list[str]) -> str:
+    more = len(names) - SHOWN
+    return ", ".join(names[:SHOWN]) + (f" and {more} more" if more > 0 else "")
+
+
+def _images(folder: str | os.PathLike, role: str) -> list[Path]:
+    try:
+        files = list_images(folder)
+    except FileNotFoundError:
+        raise EvaluationError(f"{role} folder {folder} does not exist") from None
+    if not files:
+        raise EvaluationError(f"{role} folder {folder} holds no images")
+    return files
+
+
+def matlab_dir_order(files: list[Path]) -> list[Path]:
+    """The order of ``[dir('*.jpg'); dir('*.png')]`` in the scripts: JPEGs, then PNGs, each sorted by name."""
+    jpgs = sorted((p for p in files if p.suffix.lower() == ".jpg"), key=lambda p: p.name)
+    pngs = sorted((p for p in files if p.suffix.lower() == ".png"), key=lambda p: p.name)
+    return jpgs + pngs
+
+
+def pair_files(
+    restored_dir: str | os.PathLike, gt_dir: str | os.PathLike, pair_by: str = "stem"
+) -> list[tuple[Path, Path]]:
+    """Restored/ground-truth pairs: by file name stem, or (``sorted``) by position as the MATLAB scripts do."""
+    restored, gt = _images(restored_dir, "restored"), _images(gt_dir, "ground-truth")
+    if pair_by == "sorted":
+        restored, gt = matlab_dir_order(restored), matlab_dir_order(gt)
+        if len(restored) != len(gt):
+            raise EvaluationError(
+                f"--pair-by sorted needs equal counts: {len(restored)} .jpg/.png images in {restored_dir}, "
+                f"{len(gt)} in {gt_dir}"
+            )
+        return list(zip(restored, gt, strict=True))
+    if pair_by != "stem":
+        raise EvaluationError(f"unknown pairing {pair_by!r}; choose stem or sorted")
+    by_stem = {}
+    for role, folder, files in (("restored", restored_dir, restored), ("ground-truth", gt_dir, gt)):
+        stems: dict[str, Path] = {}
+        for path in files:
+            if path.stem in stems:
+                raise EvaluationError(
+                    f"{role} folder {folder} has two images named {path.stem}: {stems[path.stem].name} and {path.name}"
+                )
+            stems[path.stem] = path
+        by_stem[role] = stems
+    no_gt = sorted(set(by_stem["restored"]) - set(by_stem["ground-truth"]))
+    no_restored = sorted(set(by_stem["ground-truth"]) - set(by_stem["restored"]))
+    if no_gt or no_restored:
+        problems = []
+        if no_gt:
+            problems.append(f"{len(no_gt)} restored images have no ground truth in {gt_dir}: {_listing(no_gt)}")
+        if no_restored:
+            problems.append(
+                f"{len(no_restored)} ground-truth images have no restored image in {restored_dir}: "
+                f"{_listing(no_restored)}"
+            )
+        raise EvaluationError("; ".join(problems) + " (use --pair-by sorted to pair by position)")
+    return [(by_stem["restored"][s], by_stem["ground-truth"][s]) for s in sorted(by_stem["restored"])]
+
+
+def score_pair(pair: tuple[Path, Path], protocol: str) -> dict[str, Any]:
+    """PSNR/SSIM of one pair; errors name both files."""
+    restored_path, gt_path = pair
+    try:
+        restored, gt = to_uint8(read_image(restored_path)), to_uint8(read_image(gt_path))
+    except ImageReadError as err:
+        raise EvaluationError(str(err)) from None
+    if restored.shape != gt.shape:
+        raise EvaluationError(
+            f"size mismatch: {restored_path} is {restored.shape[1]}x{restored.shape[0]} but "
+            f"{gt_path} is {gt.shape[1]}x{gt.shape[0]} (width x height)"
+        )
+    try:
+        score = evaluate_pair(restored, gt, protocol)
+    except ValueError as err:
+        raise EvaluationError(f"{restored_path}: {err}") from None
+    return {"name": restored_path.name, "psnr": score.psnr, "ssim": score.ssim}
+
+
+def _score_job(job: tuple[tuple[Path, Path], str]) -> dict[str, Any]:
+    return score_pair(*job)
+
+
+@dataclass
+class EvaluationReport:
+    protocol: str
+    images: list[dict[str, Any]] = field(default_factory=list)
+    dataset: str | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.images)
+
+    @property
+    def psnr(self) -> float:
+        return math.fsum(i["psnr"] for i in self.images) / self.count
+
+    @property
+    def ssim(self) -> float:
+        return math.fsum(i["ssim"] for i in self.images) / self.count
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"protocol": self.protocol, "count": self.count, "psnr": self.psnr, "ssim": self.ssim}
+        if self.dataset:
+            out["dataset"] = self.dataset
+        out["images"] = self.images
+        return out
+
+    def summary(self) -> str:
+        label = self.dataset or "images"
+        return f"{label}: {self.count} pairs, {self.protocol} protocol: PSNR {self.psnr:.4f} dB, SSIM {self.ssim:.6f}"
+
+
+def evaluate_folders(
+    restored_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    protocol: str,
+    pair_by: str = "stem",
+    workers: int | None = None,
+    progress: bool = True,
+    dataset: str | None = None,
+) -> EvaluationReport:
+    """Scores every pair with several processes (``workers``; default: all cores, at most 8)."""
+    if protocol not in PROTOCOLS:
+        raise EvaluationError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    pairs = pair_files(restored_dir, gt_dir, pair_by)
+    workers = workers or min(8, os.cpu_count() or 1)
+    jobs = [(pair, protocol) for pair in pairs]
+    bar = dict(total=len(jobs), desc="evaluating", unit="img", disable=not progress)
+    if workers <= 1 or len(jobs) < 4:
+        images = [score_pair(*job) for job in tqdm(jobs, **bar)]
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            images = list(tqdm(pool.imap(_score_job, jobs, chunksize=4), **bar))
+    return EvaluationReport(protocol, images, dataset)
+
+
+def write_json(report: EvaluationReport, path: str | os.PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report.to_dict(), indent=2))

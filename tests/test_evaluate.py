@@ -1,0 +1,125 @@
+"""drsformer evaluate: pairing, the JSON report, several processes, and errors that name the files."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import DATA
+
+from drsformer.cli import main
+from drsformer.data.io import write_image
+from drsformer.metrics.evaluate import EvaluationError, evaluate_folders, pair_files
+from drsformer.metrics.matlab import evaluate_pair
+
+IMAGES = DATA / "metric_images"
+
+
+def _folders(tmp_path, n: int = 5, size=(24, 30)):
+    rng = np.random.default_rng(0)
+    restored, gt = tmp_path / "restored", tmp_path / "gt"
+    images = {}
+    for i in range(n):
+        clean = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        noisy = np.clip(clean.astype(int) + rng.integers(-9, 10, clean.shape), 0, 255).astype(np.uint8)
+        write_image(gt / f"{i}.png", clean)
+        write_image(restored / f"{i}.png", noisy)
+        images[f"{i}.png"] = (noisy, clean)
+    return restored, gt, images
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_report_means_and_per_image_scores(tmp_path, workers: int) -> None:
+    restored, gt, images = _folders(tmp_path)
+    report = evaluate_folders(restored, gt, "restormer", workers=workers, progress=False).to_dict()
+    assert report["protocol"] == "restormer" and report["count"] == 5
+    expected = {name: evaluate_pair(a, b, "restormer") for name, (a, b) in images.items()}
+    for entry in report["images"]:
+        assert entry["psnr"] == pytest.approx(expected[entry["name"]].psnr, abs=1e-12)
+        assert entry["ssim"] == pytest.approx(expected[entry["name"]].ssim, abs=1e-12)
+    assert report["psnr"] == pytest.approx(np.mean([s.psnr for s in expected.values()]))
+    assert report["ssim"] == pytest.approx(np.mean([s.ssim for s in expected.values()]))
+
+
+def test_pairing_by_stem_and_by_matlab_order(tmp_path) -> None:
+    restored, gt = tmp_path / "r", tmp_path / "g"
+    image = np.zeros((12, 12, 3), np.uint8)
+    for name in ("b.png", "a.png", "c.jpg"):
+        write_image(restored / name, image)
+    for name in ("1gt.png", "0gt.png", "2gt.jpg"):
+        write_image(gt / name, image)
+    with pytest.raises(EvaluationError, match="3 restored images have no ground truth .*: a, b, c"):
+        pair_files(restored, gt)
+    pairs = pair_files(restored, gt, "sorted")  # [dir('*.jpg'); dir('*.png')] on both sides
+    assert [(r.name, g.name) for r, g in pairs] == [("c.jpg", "2gt.jpg"), ("a.png", "0gt.png"), ("b.png", "1gt.png")]
+
+
+def test_missing_counterparts_are_listed(tmp_path) -> None:
+    restored, gt, _ = _folders(tmp_path, n=8)
+    for i in range(7):
+        (gt / f"{i}.png").rename(gt / f"x{i}.png")
+    with pytest.raises(EvaluationError) as info:
+        pair_files(restored, gt)
+    message = str(info.value)
+    assert "7 restored images have no ground truth" in message and "0, 1, 2, 3, 4 and 2 more" in message
+    assert "7 ground-truth images have no restored image" in message
+
+
+def test_size_mismatch_names_both_files(tmp_path) -> None:
+    restored, gt, _ = _folders(tmp_path, n=2)
+    write_image(gt / "1.png", np.zeros((20, 30, 3), np.uint8))
+    with pytest.raises(EvaluationError, match=r"size mismatch: .*restored/1.png is 30x24 but .*gt/1.png is 30x20"):
+        evaluate_folders(restored, gt, "rcdnet", workers=1, progress=False)
+
+
+def test_unreadable_image_and_empty_folder(tmp_path) -> None:
+    restored, gt, _ = _folders(tmp_path, n=4)
+    (restored / "2.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(EvaluationError, match=r"restored/2.png: cannot decode image"):
+        evaluate_folders(restored, gt, "restormer", workers=2, progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(EvaluationError, match="restored folder .*empty holds no images"):
+        pair_files(empty, gt)
+    with pytest.raises(EvaluationError, match="ground-truth folder .*nowhere does not exist"):
+        pair_files(restored, tmp_path / "nowhere")
+
+
+def test_cli_with_dataset_protocol_and_json(tmp_path, capsys) -> None:
+    restored, gt = tmp_path / "restored", tmp_path / "gt"
+    restored.mkdir()
+    gt.mkdir()
+    for i in (1, 2, 3):
+        shutil.copy(IMAGES / f"didddn_{i}_drsformer.png", restored / f"{i}.png")
+        shutil.copy(IMAGES / f"didddn_{i}_gt.png", gt / f"{i}.png")
+    out = tmp_path / "scores.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--restored",
+                str(restored),
+                "--gt",
+                str(gt),
+                "--dataset",
+                "DDN-Data",
+                "--json",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert "DDN: 3 pairs, rcdnet protocol" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    reference = [json.loads(line) for line in (IMAGES / "octave_reference.jsonl").read_text().splitlines()][:3]
+    assert report["psnr"] == pytest.approx(np.mean([r["y_double_psnr"] for r in reference]), abs=1e-4)
+    assert report["ssim"] == pytest.approx(np.mean([r["y_double_ssim_downsampled"] for r in reference]), abs=1e-6)
+    assert set(report) == {"protocol", "count", "psnr", "ssim", "dataset", "images"}
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys) -> None:
+    assert main(["evaluate", "--restored", str(tmp_path / "a"), "--gt", str(tmp_path / "b"), "--dataset", "x"]) == 2
+    assert "unknown dataset 'x'" in capsys.readouterr().err
+    assert main(["evaluate", "--restored", str(tmp_path), "--gt", str(tmp_path)]) == 2
+    assert "choose --protocol" in capsys.readouterr().err
