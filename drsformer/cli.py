@@ -192,7 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    from .data import synth_rain
+    from .data import prepare, synth_rain
+
+    prep = commands.add_parser("prepare", help="turn a benchmark's original release into train|test/{input,target}")
+    prepare.add_arguments(prep)
+    prep.set_defaults(handler=prepare.run)
 
     synth = commands.add_parser("synth-rain", help="write rainy/clean training pairs from a folder of clean photos")
     synth_rain.add_arguments(synth)

@@ -45,15 +45,15 @@ def decode_image(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
         raise ImageReadError(f"{name}: cannot decode image (corrupt, truncated or not an image)")
     if image.dtype not in (np.uint8, np.uint16):
         raise ImageReadError(f"{name}: unsupported pixel type {image.dtype}; expected 8- or 16-bit")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    channels = image.shape[2]
+    channels = 1 if image.ndim == 2 else image.shape[2]
     if channels == 1:
-        return np.repeat(image, 3, axis=2)
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     if channels == 2:  # gray + alpha
-        return np.repeat(image[:, :, :1], 3, axis=2)
-    if channels in (3, 4):
-        return np.ascontiguousarray(image[:, :, 2::-1])  # BGR(A) -> RGB
+        return cv2.cvtColor(np.ascontiguousarray(image[:, :, 0]), cv2.COLOR_GRAY2RGB)
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)  # drops alpha
     raise ImageReadError(f"{name}: unsupported number of channels {channels}")
 
 
@@ -88,7 +88,7 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{path}: expected an H x W x 3 uint8/uint16 RGB array, got {rgb.shape} {rgb.dtype}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"{path}: cannot encode an image with this extension")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
