@@ -34,6 +34,22 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p.name) and p.is_file())
 
 
+def name_list(names: list[str], shown: int = 5) -> str:
+    """``a, b, c and 7 more``: the first few of a list of names, for error messages."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def index_by_stem(files: list[Path], folder: str | os.PathLike) -> dict[str, Path]:
+    """``{stem: path}``; two files with one stem (``a.png``, ``a.jpg``) are a ``ValueError`` naming both."""
+    stems: dict[str, Path] = {}
+    for path in files:
+        if path.stem in stems:
+            raise ValueError(f"{folder} has two images named {path.stem}: {stems[path.stem].name} and {path.name}")
+        stems[path.stem] = path
+    return stems
+
+
 def decode_image(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
     """Decodes encoded bytes to an H x W x 3 RGB array, uint8 or uint16 as stored.
 

@@ -13,27 +13,11 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..registry import DATASET_REGISTRY
-from .io import ImageReadError, list_images, read_image, to_float32
-
-SHOWN = 5
+from .io import ImageReadError, index_by_stem, list_images, name_list, read_image, to_float32
 
 
 class PairingError(ValueError):
     """Input and target folders that do not pair up; the message lists the unmatched names."""
-
-
-def _listing(names: list[str]) -> str:
-    more = len(names) - SHOWN
-    return ", ".join(names[:SHOWN]) + (f" and {more} more" if more > 0 else "")
-
-
-def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
-    stems: dict[str, Path] = {}
-    for path in files:
-        if path.stem in stems:
-            raise PairingError(f"{folder} has two images named {path.stem}: {stems[path.stem].name} and {path.name}")
-        stems[path.stem] = path
-    return stems
 
 
 def pair_paths(
@@ -52,8 +36,10 @@ def pair_paths(
             )
     if meta_info_file is not None:
         return _pairs_from_meta(lq_dir, gt_dir, Path(meta_info_file))
-    lq = _by_stem(list_images(lq_dir), lq_dir)
-    gt = _by_stem(list_images(gt_dir), gt_dir)
+    try:
+        lq, gt = index_by_stem(list_images(lq_dir), lq_dir), index_by_stem(list_images(gt_dir), gt_dir)
+    except ValueError as err:
+        raise PairingError(str(err)) from None
     if not gt:
         raise PairingError(f"target folder {gt_dir} holds no images")
     expected = {filename_tmpl.format(stem): stem for stem in gt}
@@ -63,11 +49,11 @@ def pair_paths(
         problems = []
         if unmatched_lq:
             problems.append(
-                f"{len(unmatched_lq)} of {len(lq)} inputs in {lq_dir} have no target: {_listing(unmatched_lq)}"
+                f"{len(unmatched_lq)} of {len(lq)} inputs in {lq_dir} have no target: {name_list(unmatched_lq)}"
             )
         if unmatched_gt:
             problems.append(
-                f"{len(unmatched_gt)} of {len(gt)} targets in {gt_dir} have no input: {_listing(unmatched_gt)}"
+                f"{len(unmatched_gt)} of {len(gt)} targets in {gt_dir} have no input: {name_list(unmatched_gt)}"
             )
         raise PairingError("; ".join(problems))
     return [(lq[t], gt[s]) for t, s in sorted(expected.items(), key=lambda kv: kv[1])]
@@ -87,7 +73,7 @@ def _pairs_from_meta(lq_dir: Path, gt_dir: Path, meta: Path) -> list[tuple[Path,
         missing += [str(p) for p in (lq, gt) if not p.is_file()]
         pairs.append((lq, gt))
     if missing:
-        raise PairingError(f"{len(missing)} files listed in {meta} do not exist: {_listing(missing)}")
+        raise PairingError(f"{len(missing)} files listed in {meta} do not exist: {name_list(missing)}")
     if not pairs:
         raise PairingError(f"{meta} lists no pairs")
     return pairs

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .io import list_images, read_image, to_uint8, write_image
+from .io import index_by_stem, list_images, read_image, to_uint8, write_image
 
 BLENDS = ("screen", "additive")
 ANGLE_RANGE = (-30.0, 30.0)  # default fall angle, degrees from vertical, drawn once per image
@@ -183,11 +183,7 @@ def synthesize_folder(
     paths = list_images(clean_dir)
     if not paths:
         raise ValueError(f"{clean_dir}: no images found")
-    stems: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in stems:
-            raise ValueError(f"{stems[path.stem]} and {path}: same name stem, their outputs would collide")
-        stems[path.stem] = path
+    index_by_stem(paths, clean_dir)  # two files with one stem would write the same outputs
 
     out_dir = Path(out_dir)
     written = 0

@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..data.io import ImageReadError, list_images, read_image, to_uint8
+from ..data.io import ImageReadError, index_by_stem, list_images, name_list, read_image, to_uint8
 from .matlab import DATASET_PROTOCOLS, PROTOCOLS, evaluate_pair
 
 DATASET_ALIASES = {
@@ -25,7 +25,6 @@ DATASET_ALIASES = {
     "spa": "SPA",
     "spa-data": "SPA",
 }
-SHOWN = 5  # names listed in an error before "and N more"
 
 
 class EvaluationError(ValueError):
@@ -37,11 +36,6 @@ def canonical_dataset(name: str) -> str:
     if key not in DATASET_ALIASES:
         raise EvaluationError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_PROTOCOLS)}")
     return DATASET_ALIASES[key]
-
-
-def _listing(names: list[str]) -> str:
-    more = len(names) - SHOWN
-    return ", ".join(names[:SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def _images(folder: str | os.PathLike, role: str) -> list[Path]:
@@ -76,26 +70,20 @@ def pair_files(
         return list(zip(restored, gt, strict=True))
     if pair_by != "stem":
         raise EvaluationError(f"unknown pairing {pair_by!r}; choose stem or sorted")
-    by_stem = {}
-    for role, folder, files in (("restored", restored_dir, restored), ("ground-truth", gt_dir, gt)):
-        stems: dict[str, Path] = {}
-        for path in files:
-            if path.stem in stems:
-                raise EvaluationError(
-                    f"{role} folder {folder} has two images named {path.stem}: {stems[path.stem].name} and {path.name}"
-                )
-            stems[path.stem] = path
-        by_stem[role] = stems
+    try:
+        by_stem = {"restored": index_by_stem(restored, restored_dir), "ground-truth": index_by_stem(gt, gt_dir)}
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
     no_gt = sorted(set(by_stem["restored"]) - set(by_stem["ground-truth"]))
     no_restored = sorted(set(by_stem["ground-truth"]) - set(by_stem["restored"]))
     if no_gt or no_restored:
         problems = []
         if no_gt:
-            problems.append(f"{len(no_gt)} restored images have no ground truth in {gt_dir}: {_listing(no_gt)}")
+            problems.append(f"{len(no_gt)} restored images have no ground truth in {gt_dir}: {name_list(no_gt)}")
         if no_restored:
             problems.append(
                 f"{len(no_restored)} ground-truth images have no restored image in {restored_dir}: "
-                f"{_listing(no_restored)}"
+                f"{name_list(no_restored)}"
             )
         raise EvaluationError("; ".join(problems) + " (use --pair-by sorted to pair by position)")
     return [(by_stem["restored"][s], by_stem["ground-truth"][s]) for s in sorted(by_stem["restored"])]
