@@ -123,3 +123,28 @@ def test_cli_errors_are_one_line(tmp_path, capsys) -> None:
     assert "unknown dataset 'x'" in capsys.readouterr().err
     assert main(["evaluate", "--restored", str(tmp_path), "--gt", str(tmp_path)]) == 2
     assert "choose --protocol" in capsys.readouterr().err
+
+
+def test_module_entry_point_with_worker_processes(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    restored, gt, _ = _folders(tmp_path, n=4)
+    command = [
+        sys.executable,
+        "-m",
+        "drsformer",
+        "evaluate",
+        "--restored",
+        str(restored),
+        "--gt",
+        str(gt),
+        "--protocol",
+        "rcdnet",
+        "--workers",
+        "2",
+        "--quiet",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("images: 4 pairs, rcdnet protocol") == 1

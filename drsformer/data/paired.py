@@ -135,7 +135,7 @@ class PairedImageDataset(Dataset):
         if scale != 1:
             raise ValueError(f"deraining pairs have equal sizes; scale must be 1, got {scale}")
         if phase == "train" and gt_size is None:
-            raise ValueError("a training dataset needs gt_size (the crop size), or crop sizes from the sampler")
+            raise ValueError("a training dataset needs gt_size (the crop size)")
         self.name = name or Path(dataroot_lq).parent.name
         self.phase = phase
         self.gt_size = gt_size
