@@ -7,6 +7,7 @@ between them, so a slow drift of the machine affects both equally.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -21,6 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from .archs import DRSformer
+from .archs.drsformer import IMPL_PARTS, IMPLS
+from .cli import add_model_arguments, model_from_args, parse_size
+from .errors import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -38,6 +42,7 @@ class BenchSettings:
     warmup: int = 2
     repeat: int = 10
     seed: int = 0
+    parts: tuple[str, ...] = IMPL_PARTS  # the parts a path's implementation applies to; the rest run fast
 
 
 @dataclass
@@ -45,6 +50,7 @@ class BenchResult:
     path: str
     times_ms: list[float] = field(default_factory=list)
     peak_memory_mb: float = float("nan")
+    observed: dict[str, Any] = field(default_factory=dict)  # what the timed model and input really were
 
     @property
     def median_ms(self) -> float:
@@ -125,15 +131,47 @@ class _Runner:
         return (time.perf_counter() - begin) * 1000
 
     def output(self) -> torch.Tensor:
+        seen: list[torch.dtype] = []  # the dtype convolutions compute in (autocast changes it)
+        hook = self.model.patch_embed.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
         with torch.inference_mode(), self.autocast:
             was_training = self.model.training
             self.model.eval()
-            out = self.net(self.image).float()
+            out = self.net(self.image)
             self.model.train(was_training)
-        return out
+        hook.remove()
+        self.compute_dtype = str(seen[0]).removeprefix("torch.") if seen else "unknown"
+        return out.float()
+
+    def observed(self) -> dict[str, Any]:
+        """The settings as found on the model and tensors, not as requested."""
+        impls = {
+            part: sorted({m.impl for m in self.model.modules() if isinstance(m, kind)})
+            for part, kind in _part_types().items()
+        }
+        if not hasattr(self, "compute_dtype"):
+            self.output()
+        return {
+            "impl": {part: found[0] if len(found) == 1 else found for part, found in impls.items() if found},
+            "layout": self.model.layout_impl,
+            "input_channels_last": self.image.is_contiguous(memory_format=torch.channels_last),
+            "weights_channels_last": self.model.patch_embed.proj.weight.is_contiguous(
+                memory_format=torch.channels_last
+            ),
+            "compute_dtype": self.compute_dtype,
+            "compiled": self.net is not self.model,
+            "training": self.settings.mode == "train",
+        }
 
 
-def run(model: DRSformer, settings: BenchSettings, paths: list[str]) -> tuple[list[BenchResult], float | None]:
+def _part_types() -> dict[str, type]:
+    from .archs.attention import TopKSparseAttention
+    from .archs.drsformer import LayerNorm, MixedScaleFeedForward
+    from .archs.mefc import MEFC
+
+    return {"attention": TopKSparseAttention, "ffn": MixedScaleFeedForward, "mefc": MEFC, "norm": LayerNorm}
+
+
+def run_paths(model: DRSformer, settings: BenchSettings, paths: list[str]) -> tuple[list[BenchResult], float | None]:
     """Times each of ``paths`` ("fast", "reference") on copies of ``model`` with identical weights.
 
     Returns one result per path and, when two paths ran, the largest absolute difference between their
@@ -149,7 +187,7 @@ def run(model: DRSformer, settings: BenchSettings, paths: list[str]) -> tuple[li
     runners = []
     for path in paths:
         replica = copy.deepcopy(model) if len(paths) > 1 else model
-        replica = replica.set_impl(path).to(device, memory_format=memory_format)
+        replica = replica.set_impl("fast").set_impl(path, settings.parts).to(device, memory_format=memory_format)
         runners.append(_Runner(path, replica, settings, image))
     results = [BenchResult(r.name) for r in runners]
 
@@ -159,6 +197,7 @@ def run(model: DRSformer, settings: BenchSettings, paths: list[str]) -> tuple[li
         difference = max((o - outputs[0]).abs().max().item() for o in outputs[1:])
 
     for runner, result in zip(runners, results, strict=True):
+        result.observed = runner.observed()
         _sync(device)
         _reset_peak(device)
         for _ in range(max(settings.warmup, 1)):
@@ -223,9 +262,86 @@ def to_json(settings: BenchSettings, results: list[BenchResult], difference: flo
                 "images_per_s": settings.batch * 1000 / r.median_ms,
                 "peak_memory_mb": r.peak_memory_mb,
                 "times_ms": r.times_ms,
+                "observed": r.observed,
             }
             for r in results
         ],
         "max_output_difference": difference,
     }
     return json.dumps(payload, indent=2)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--size", type=parse_size, default=(128, 128), help="N or HxW (default 128)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument(
+        "--mode",
+        choices=["infer", "train"],
+        default="infer",
+        help="infer: forward only; train: forward + L1 loss + backward + AdamW step",
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="bf16/fp16 run under torch.autocast (fp16 training with a GradScaler)",
+    )
+    parser.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
+    parser.add_argument("--channels-last", action="store_true", help="model and input in channels-last layout")
+    parser.add_argument(
+        "--impl",
+        choices=IMPLS,
+        default="fast",
+        help="which implementation to time: the fast path or the paper's plain formulation (of --parts)",
+    )
+    parser.add_argument(
+        "--parts",
+        default=",".join(IMPL_PARTS),
+        help=f"comma-separated parts --impl (and --compare's reference path) applies to; the others run fast "
+        f"(default: all of {','.join(IMPL_PARTS)})",
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="time reference and fast paths on the same weights; print speed-up and max difference",
+    )
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available to this PyTorch build")
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    unknown = [p for p in parts if p not in IMPL_PARTS]
+    if unknown or not parts:
+        raise ConfigError(f"--parts: unknown part(s) {', '.join(unknown) or '(none given)'}; choose from {IMPL_PARTS}")
+    torch.manual_seed(args.seed)
+    model, source = model_from_args(args)
+    settings = BenchSettings(
+        height=args.size[0],
+        width=args.size[1],
+        batch=args.batch,
+        mode=args.mode,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        warmup=args.warmup,
+        repeat=args.repeat,
+        seed=args.seed,
+        parts=parts,
+    )
+    paths = ["reference", "fast"] if args.compare else [args.impl]
+    print(f"benchmarking {source}; {args.warmup} warm-up + {args.repeat} timed iterations per path", flush=True)
+    results, difference = run_paths(model, settings, paths)
+    print(format_table(settings, results, difference))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(to_json(settings, results, difference, model.config))
+        print(f"wrote {args.json}")
+    return 0

@@ -1,26 +1,26 @@
-"""Padding (and, later, tiling) shared by the model, validation, testing and photo deraining."""
+"""Restoring whole images with a trained model: the one function validation, test, derain and the demo share."""
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor
+import torch
+from torch import Tensor, nn
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
-    """Pads the bottom and right of an NCHW batch so H and W are multiples of ``multiple``.
+def autocast(device: torch.device | str, precision: str) -> torch.autocast:
+    """``torch.autocast`` for ``precision`` (fp32: disabled)."""
+    dtype = PRECISIONS[precision]
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
-    Reflect padding, as the published test script uses; replicate padding where the image is too small to
-    reflect (pad >= side). Returns the padded batch (``x`` itself when no padding is needed) and the original
-    (H, W).
+
+@torch.inference_mode()
+def restore(model: nn.Module, image: Tensor, precision: str = "fp32") -> Tensor:
+    """Derains an N x C x H x W batch in [0, 1] of any H, W; returns float32 in [0, 1].
+
+    The model pads to a multiple of 8 and crops back itself (see :mod:`drsformer.archs.padding`).
     """
-    h, w = x.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if not pad_h and not pad_w:
-        return x, (h, w)
-    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), (h, w)
-
-
-def crop_to(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Crops an NCHW batch back to (H, W) from the top-left."""
-    return x[..., : size[0], : size[1]]
+    with autocast(image.device, precision):
+        out = model(image)
+    return out.float().clamp_(0, 1)

@@ -1,5 +1,6 @@
 """The drsformer command: info and bench, in process (the handlers are plain functions)."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -73,27 +74,41 @@ def test_bench_compare_writes_json(tmp_path, capsys, mode: str) -> None:
     assert report["settings"]["mode"] == mode and report["model"]["dim"] == 8
 
 
-def test_bench_single_path_options(capsys) -> None:
-    argv = [
-        "bench",
-        *TINY_ARGS,
-        "--size",
-        "16x24",
-        "--attention",
-        "reference",
-        "--precision",
-        "bf16",
-        "--channels-last",
-        "--warmup",
-        "1",
-        "--repeat",
-        "1",
-        "--device",
-        "cpu",
-    ]
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "reference" in out and "bf16" in out and "channels_last" in out
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (
+            ["--impl", "reference", "--precision", "bf16", "--channels-last"],
+            dict(impl="reference", layout="reference", input_channels_last=True, compute_dtype="bfloat16"),
+        ),
+        (
+            ["--impl", "reference", "--parts", "attention"],
+            dict(impl={"attention": "reference", "ffn": "fast"}, layout="fast", input_channels_last=False),
+        ),
+        (["--precision", "fp16"], dict(impl="fast", compute_dtype="float16")),
+        ([], dict(impl="fast", layout="fast", input_channels_last=False, compute_dtype="float32")),
+    ],
+)
+def test_bench_uses_the_settings_it_reports(tmp_path, capsys, options, expected) -> None:
+    out_json = tmp_path / "bench.json"
+    argv = ["bench", *TINY_ARGS, "--size", "16x24", "--warmup", "1", "--repeat", "1", "--device", "cpu"]
+    assert main([*argv, *options, "--json", str(out_json)]) == 0
+    (result,) = json.loads(out_json.read_text())["results"]
+    observed = result["observed"]
+    for key, value in expected.items():
+        if key == "impl" and isinstance(value, str):
+            assert set(observed["impl"].values()) == {value}, observed["impl"]
+        elif key == "impl":
+            assert {k: observed["impl"][k] for k in value} == value
+        else:
+            assert observed[key] == value, (key, observed)
+    assert "16x24" in capsys.readouterr().out
+
+
+def test_bench_unknown_part_is_one_line_error(capsys) -> None:
+    assert main(["bench", *TINY_ARGS, "--parts", "attention,wings", "--repeat", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--parts: unknown part(s) wings" in err and err.count("\n") == 1
 
 
 def test_bench_without_cuda_is_a_clear_error(capsys, monkeypatch) -> None:
@@ -105,7 +120,7 @@ def test_bench_without_cuda_is_a_clear_error(capsys, monkeypatch) -> None:
 def test_parse_size() -> None:
     assert parse_size("128") == (128, 128)
     assert parse_size("64x96") == (64, 96)
-    with pytest.raises(Exception, match="size must be"):
+    with pytest.raises(argparse.ArgumentTypeError, match="size must be"):
         parse_size("big")
 
 

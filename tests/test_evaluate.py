@@ -48,7 +48,9 @@ def test_pairing_by_stem_and_by_matlab_order(tmp_path) -> None:
         write_image(restored / name, image)
     for name in ("1gt.png", "0gt.png", "2gt.jpg"):
         write_image(gt / name, image)
-    with pytest.raises(EvaluationError, match="3 restored images have no ground truth .*: a, b, c"):
+    with pytest.raises(
+        EvaluationError, match="3 restored images in .* have no ground-truth image: a.png, b.png, c.jpg"
+    ):
         pair_files(restored, gt)
     pairs = pair_files(restored, gt, "sorted")  # [dir('*.jpg'); dir('*.png')] on both sides
     assert [(r.name, g.name) for r, g in pairs] == [("c.jpg", "2gt.jpg"), ("a.png", "0gt.png"), ("b.png", "1gt.png")]
@@ -61,8 +63,8 @@ def test_missing_counterparts_are_listed(tmp_path) -> None:
     with pytest.raises(EvaluationError) as info:
         pair_files(restored, gt)
     message = str(info.value)
-    assert "7 restored images have no ground truth" in message and "0, 1, 2, 3, 4 and 2 more" in message
-    assert "7 ground-truth images have no restored image" in message
+    assert "7 restored images in" in message and "0.png, 1.png, 2.png, 3.png, 4.png and 2 more" in message
+    assert "7 ground-truth images in" in message and "have no restored image: x0.png" in message
 
 
 def test_size_mismatch_names_both_files(tmp_path) -> None:
@@ -120,7 +122,7 @@ def test_cli_with_dataset_protocol_and_json(tmp_path, capsys) -> None:
 
 def test_cli_errors_are_one_line(tmp_path, capsys) -> None:
     assert main(["evaluate", "--restored", str(tmp_path / "a"), "--gt", str(tmp_path / "b"), "--dataset", "x"]) == 2
-    assert "unknown dataset 'x'" in capsys.readouterr().err
+    assert "unknown --dataset 'x'; known benchmarks: Rain200L" in capsys.readouterr().err
     assert main(["evaluate", "--restored", str(tmp_path), "--gt", str(tmp_path)]) == 2
     assert "choose --protocol" in capsys.readouterr().err
 

@@ -91,7 +91,7 @@ def test_invalid_configs_are_rejected() -> None:
 def test_build_network_from_yaml_section() -> None:
     model = build_network({"type": "DRSformer", **TINY, "mefc": False})
     assert isinstance(model, DRSformer) and not model.has_mefc
-    with pytest.raises(ConfigError, match="network_g: unknown key 'dimm'"):
+    with pytest.raises(ConfigError, match="network_g.dimm: unknown key; did you mean dim?"):
         build_network({"type": "DRSformer", "dimm": 8})
     with pytest.raises(ConfigError, match="unknown arch type 'Restormer'"):
         build_network({"type": "Restormer"})

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from drsformer.data.io import ImageReadError, read_image, to_float32, write_image
 from drsformer.data.paired import PairedImageDataset, PairingError, augment, pair_paths
 from drsformer.data.sampler import ProgressiveBatchSampler, Stage, progressive_schedule
+from drsformer.errors import ConfigError, MissingPathError
 from drsformer.registry import DATASET_REGISTRY
 
 
@@ -54,12 +55,20 @@ def test_augment_modes_are_the_eight_symmetries() -> None:
     assert len(results) == 8
 
 
-def test_validation_returns_full_images_and_small_images_are_padded(tmp_path) -> None:
+def test_validation_returns_full_images_and_small_images_are_an_error_or_padded(tmp_path) -> None:
     lq_dir, gt_dir = _make_pairs(tmp_path, n=2, size=(10, 12))
     val = PairedImageDataset(str(lq_dir), str(gt_dir), phase="val")
     assert val[0]["gt"].shape == (3, 10, 12)
     train = PairedImageDataset(str(lq_dir), str(gt_dir), gt_size=16)
-    assert train[0]["gt"].shape == (3, 16, 16)
+    with pytest.raises(ConfigError, match=r"gt_size: crops of 16x16 do not fit .*img0.png \(12x10\)"):
+        train[0]
+    padded = PairedImageDataset(str(lq_dir), str(gt_dir), gt_size=16, pad_small_images=True)
+    crop = padded[(0, 16, 7)]["gt"]
+    assert crop.shape == (3, 16, 16)
+    full = to_float32(read_image(gt_dir / "img0.png"))
+    # Mirror padding repeats the edge: row 10 of the padded image equals row 9 of the original.
+    mirrored = np.pad(full, ((0, 6), (0, 4), (0, 0)), mode="symmetric")
+    assert torch.equal(crop.permute(1, 2, 0), torch.from_numpy(mirrored))
 
 
 def test_pairing_by_template_and_meta_file(tmp_path) -> None:
@@ -82,9 +91,9 @@ def test_count_mismatch_lists_unmatched_names(tmp_path) -> None:
     with pytest.raises(PairingError) as info:
         PairedImageDataset(str(lq_dir), str(gt_dir), gt_size=8)
     message = str(info.value)
-    assert "2 of 4 inputs in" in message and "img1.png, img3.png" in message
-    assert "1 of 3 targets in" in message and "extra.png" in message
-    with pytest.raises(FileNotFoundError, match="input folder .*missing does not exist"):
+    assert "2 input images in" in message and "have no target image: img1.png, img3.png" in message
+    assert "1 target images in" in message and "have no input image: extra.png" in message
+    with pytest.raises(MissingPathError, match="input folder .*missing does not exist \\(dataroot_lq\\)"):
         PairedImageDataset(str(tmp_path / "missing"), str(gt_dir), gt_size=8)
 
 
@@ -95,12 +104,14 @@ def test_corrupt_file_errors_or_is_skipped(tmp_path) -> None:
     with pytest.raises(ImageReadError, match=r"input/img1.png: cannot decode image"):
         strict[1]
     lenient = PairedImageDataset(str(lq_dir), str(gt_dir), gt_size=8, skip_corrupt=True)
-    with pytest.warns(UserWarning, match=r"skipping pair 1 \(1 skipped so far"):
+    with pytest.warns(UserWarning, match=r"skipping unreadable pair 1 of .*img1.png: cannot decode"):
         item = lenient[1]
     assert item["lq_path"].endswith("img2.png") and lenient.skipped == 1
+    assert item["skipped"].endswith("input/img1.png")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a known-bad pair is not retried or re-reported
-        assert lenient[1]["lq_path"].endswith("img2.png")
+        again = lenient[1]
+    assert again["lq_path"].endswith("img2.png") and again["skipped"] == ""
     with pytest.warns(UserWarning):
         cached = PairedImageDataset(str(lq_dir), str(gt_dir), gt_size=8, skip_corrupt=True, cache=True)
     assert cached.skipped == 1 and cached[1]["lq_path"].endswith("img2.png")
@@ -153,7 +164,7 @@ def test_authors_yaml_name_is_registered(tmp_path) -> None:
 
 def test_schedule_validation() -> None:
     assert progressive_schedule([8, 5], [128, 160], [10, 20]) == [Stage(10, 8, 128), Stage(20, 5, 160)]
-    with pytest.raises(ValueError, match="same length"):
+    with pytest.raises(ConfigError, match="same length"):
         progressive_schedule([8, 5], [128], [10, 20])
 
 
@@ -172,7 +183,7 @@ def test_index_stream_spans_epochs_and_resumes_exactly() -> None:
     data = list(range(7))
     stages = progressive_schedule([3, 2], [8, 8], [4, 5])
     full = list(ProgressiveBatchSampler(DistributedSampler(data, num_replicas=1, rank=0), stages))
-    indices = [i for batch in full for i, _ in batch]
+    indices = [key.index for batch in full for key in batch]
     assert len(indices) == 4 * 3 + 5 * 2
     for epoch in range(3):  # each epoch is a permutation of the dataset
         assert sorted(indices[epoch * 7 : (epoch + 1) * 7]) == data
@@ -186,13 +197,15 @@ def test_distributed_ranks_get_disjoint_shards_and_same_schedule() -> None:
     batches = [
         list(ProgressiveBatchSampler(DistributedSampler(data, num_replicas=2, rank=r, seed=1), stages)) for r in (0, 1)
     ]
-    first_epoch = [{i for batch in b[:3] for i, _ in batch} for b in batches]
+    first_epoch = [{i for batch in b[:3] for i, *_ in batch} for b in batches]
     assert not first_epoch[0] & first_epoch[1] and len(first_epoch[0] | first_epoch[1]) == 12
-    assert [[s for _, s in batch] for batch in batches[0]] == [[s for _, s in batch] for batch in batches[1]]
+    assert [[k.patch_size for k in batch] for batch in batches[0]] == [
+        [k.patch_size for k in batch] for batch in batches[1]
+    ]
 
 
 def test_total_iters_beyond_schedule_stay_in_last_stage() -> None:
     sampler = ProgressiveBatchSampler(list(range(4)), progressive_schedule([2, 1], [8, 16], [1, 1]), total_iters=4)
     assert [len(b) for b in sampler] == [2, 1, 1, 1]
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ConfigError, match="empty"):
         ProgressiveBatchSampler([], [Stage(1, 1, 8)])

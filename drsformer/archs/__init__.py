@@ -6,9 +6,10 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import CheckpointError
 from ..registry import ARCH_REGISTRY
-from .checkpoint import CheckpointError, from_checkpoint, infer_config
-from .drsformer import PAPER_VARIANTS, DRSformer, drsformer, drsformer_no_mefc
+from .checkpoint import from_checkpoint, infer_config
+from .drsformer import VARIANTS, DRSformer, drsformer, drsformer_no_mefc
 
 
 def build_network(opt: dict[str, Any]) -> nn.Module:
@@ -20,7 +21,7 @@ __all__ = [
     "ARCH_REGISTRY",
     "CheckpointError",
     "DRSformer",
-    "PAPER_VARIANTS",
+    "VARIANTS",
     "build_network",
     "drsformer",
     "drsformer_no_mefc",

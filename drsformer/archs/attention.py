@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 # (numerator, denominator) of the four top-k ratios.
 TOPK_RATIOS = ((1, 2), (2, 3), (3, 4), (4, 5))
 
@@ -35,7 +37,7 @@ def topk_counts(channels: int) -> tuple[int, ...]:
     """The four k values for ``channels`` channels per head: ``int(C*n/d)`` as in the paper's code."""
     counts = tuple(channels * n // d for n, d in TOPK_RATIOS)
     if counts[0] < 1:
-        raise ValueError(f"top-k sparse attention needs at least 2 channels per head, got {channels}")
+        raise ConfigError(f"top-k sparse attention needs at least 2 channels per head, got {channels}")
     return counts
 
 
@@ -96,7 +98,7 @@ class TopKSparseAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, bias: bool, impl: str = "fast") -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise ConfigError(f"dim {dim} is not divisible by num_heads {num_heads}")
         topk_counts(dim // num_heads)
         self.num_heads = num_heads
         self.impl = impl

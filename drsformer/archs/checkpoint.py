@@ -18,16 +18,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import CheckpointError
 from .drsformer import DRSformer
 
 STAGES = ("encoder_level1", "encoder_level2", "encoder_level3", "latent")
 DECODERS = {"decoder_level1": 0, "decoder_level2": 1, "decoder_level3": 2}
 WRAPPER_KEYS = ("params", "params_ema", "state_dict", "model", "net_g")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
-
-
-class CheckpointError(ValueError):
-    """A file or dict that cannot be loaded as DRSformer weights; the message says which and why."""
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -82,11 +79,19 @@ def extract_state_dict(obj: Any, key: str = "params", source: str = "checkpoint"
     for name, value in state.items():
         if not isinstance(value, Tensor):
             raise CheckpointError(f"{source}: entry {name!r} is a {type(value).__name__}, not a tensor")
-        for prefix in STRIP_PREFIXES:
-            while name.startswith(prefix):
-                name = name[len(prefix) :]
-        clean[name] = value
+        clean[strip_prefixes(name)] = value
     return clean
+
+
+def strip_prefixes(name: str) -> str:
+    """``name`` without any leading run of wrapper prefixes, in any order (``_orig_mod.module.x`` -> ``x``)."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in STRIP_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix) :], True
+    return name
 
 
 def _shape(state: Mapping[str, Tensor], key: str, source: str) -> torch.Size:

@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..inference import crop_to, pad_to_multiple
-from ..registry import ARCH_REGISTRY
+from ..errors import ConfigError
+from ..registry import ARCH_REGISTRY, check_kwargs
 from .attention import TopKSparseAttention
 from .mefc import MEFC
+from .padding import crop_to, pad_to_multiple
 
 IMPLS = ("fast", "reference")
 IMPL_PARTS = ("attention", "ffn", "mefc", "norm", "layout")
@@ -65,7 +66,7 @@ class LayerNorm(nn.Module):
     def __init__(self, dim: int, layernorm_type: str, impl: str = "fast") -> None:
         super().__init__()
         if layernorm_type not in LAYERNORM_TYPES:
-            raise ValueError(f"LayerNorm_type must be one of {LAYERNORM_TYPES}, got {layernorm_type!r}")
+            raise ConfigError(f"LayerNorm_type must be one of {LAYERNORM_TYPES}, got {layernorm_type!r}")
         self.impl = impl
         self.body = _ChannelNorm(dim, with_bias=layernorm_type == "WithBias")
 
@@ -190,9 +191,9 @@ class DRSformer(nn.Module):
     ) -> None:
         super().__init__()
         if len(num_blocks) != 4 or len(heads) != 4:
-            raise ValueError(f"num_blocks and heads need 4 entries each, got {list(num_blocks)} and {list(heads)}")
+            raise ConfigError(f"num_blocks and heads need 4 entries each, got {list(num_blocks)} and {list(heads)}")
         if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+            raise ConfigError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.config = dict(
             inp_channels=inp_channels,
             out_channels=out_channels,
@@ -238,12 +239,12 @@ class DRSformer(nn.Module):
     def set_impl(self, impl: str, parts: Iterable[str] = IMPL_PARTS) -> DRSformer:
         """Switches ``parts`` (attention, ffn, mefc, norm, layout) to the ``fast`` or ``reference`` implementation."""
         if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+            raise ConfigError(f"impl must be one of {IMPLS}, got {impl!r}")
         kinds = {"attention": TopKSparseAttention, "ffn": MixedScaleFeedForward, "mefc": MEFC, "norm": LayerNorm}
         parts = list(parts)
         for part in parts:
             if part not in IMPL_PARTS:
-                raise ValueError(f"unknown part {part!r}; choose from {IMPL_PARTS}")
+                raise ConfigError(f"unknown part {part!r}; choose from {IMPL_PARTS}")
         if "layout" in parts:
             self.layout_impl = impl
         selected = tuple(kinds[p] for p in parts if p != "layout")
@@ -280,21 +281,19 @@ class DRSformer(nn.Module):
         return out.contiguous() if relayout and x.is_contiguous() else out
 
 
+@ARCH_REGISTRY.register()
 def drsformer(**overrides) -> DRSformer:
     """The paper's model with MEFC (Rain200H, DID-Data, DDN-Data): 33,655,424 parameters."""
+    check_kwargs(DRSformer, overrides, "drsformer")
     return DRSformer(**{"mefc": True, **overrides})
 
 
+@ARCH_REGISTRY.register()
 def drsformer_no_mefc(**overrides) -> DRSformer:
     """The paper's model without MEFC (Rain200L, SPA-Data): 32,610,304 parameters."""
+    check_kwargs(DRSformer, overrides, "drsformer_no_mefc")
     return DRSformer(**{"mefc": False, **overrides})
 
 
-# The variant the paper trained on each benchmark.
-PAPER_VARIANTS = {
-    "Rain200H": drsformer,
-    "DID": drsformer,
-    "DDN": drsformer,
-    "Rain200L": drsformer_no_mefc,
-    "SPA": drsformer_no_mefc,
-}
+# Named variants: the paper's two models (``--variant`` on the command line, ``type:`` in YAML).
+VARIANTS = {"drsformer": drsformer, "drsformer_no_mefc": drsformer_no_mefc}

@@ -1,25 +1,35 @@
-"""Image files in and out: always RGB, 3 channels, with errors that name the file."""
+"""Image files in and out (always RGB, 3 channels, errors that name the file) and pairing files by name."""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..errors import ImageReadError, ImageWriteError, MissingPathError, PairingError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-class ImageReadError(OSError):
-    """An image that is missing, unreadable or corrupt; the message names it."""
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "Matching",
+    "decode_image",
+    "is_image_file",
+    "list_images",
+    "match_files",
+    "name_list",
+    "read_image",
+    "to_float32",
+    "to_uint8",
+    "write_bytes_atomic",
+    "write_image",
+]
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -30,24 +40,94 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name (symlinks followed)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder")
+        raise MissingPathError(f"{folder}: no such folder")
     return sorted(p for p in folder.iterdir() if is_image_file(p.name) and p.is_file())
 
 
 def name_list(names: list[str], shown: int = 5) -> str:
-    """``a, b, c and 7 more``: the first few of a list of names, for error messages."""
+    """``a, b, c and 7 more``: the first few of a list of names, for messages."""
     more = len(names) - shown
     return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
-def index_by_stem(files: list[Path], folder: str | os.PathLike) -> dict[str, Path]:
-    """``{stem: path}``; two files with one stem (``a.png``, ``a.jpg``) are a ``ValueError`` naming both."""
-    stems: dict[str, Path] = {}
-    for path in files:
-        if path.stem in stems:
-            raise ValueError(f"{folder} has two images named {path.stem}: {stems[path.stem].name} and {path.name}")
-        stems[path.stem] = path
-    return stems
+KeyFn = Callable[[str], "str | int | None"]
+ROLES = ("input", "target")
+
+
+def _stem(stem: str) -> str:
+    return stem
+
+
+@dataclass
+class Matching:
+    """Files of two folders matched by a key computed from each file's stem."""
+
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)  # (input, target), in target-key order
+    inputs_without_target: list[Path] = field(default_factory=list)
+    targets_without_input: list[Path] = field(default_factory=list)
+    duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # two files of one folder with one key
+    unfit: list[Path] = field(default_factory=list)  # names the key function rejected (returned None)
+
+    def problems(self, input_dir: object, target_dir: object, roles: tuple[str, str] = ROLES) -> list[str]:
+        """One sentence per kind of problem, naming the first few files. ``roles``: what to call each side."""
+        out = [f"{a.parent} has two images with one name: {a.name} and {b.name}" for a, b in self.duplicates[:3]]
+        for files, folder, (own, other) in (
+            (self.inputs_without_target, input_dir, roles),
+            (self.targets_without_input, target_dir, roles[::-1]),
+        ):
+            if files:
+                names = [p.name for p in files]
+                out.append(f"{len(names)} {own} images in {folder} have no {other} image: {name_list(names)}")
+        return out
+
+    def check(
+        self, input_dir: object, target_dir: object, hint: str = "", roles: tuple[str, str] = ROLES
+    ) -> list[tuple[Path, Path]]:
+        """The pairs; raises :class:`PairingError` listing every problem when there is one."""
+        problems = self.problems(input_dir, target_dir, roles)
+        if problems:
+            raise PairingError("; ".join(problems) + hint)
+        return self.pairs
+
+
+def match_files(
+    inputs: list[Path],
+    targets: list[Path],
+    input_key: KeyFn = _stem,
+    target_key: KeyFn = _stem,
+    shared_targets: bool = False,
+) -> Matching:
+    """Matches ``inputs`` to ``targets`` by ``input_key(stem) == target_key(stem)``.
+
+    A key function returns None for a name that does not fit (recorded in ``unfit``). ``shared_targets``
+    lets several inputs share one target (DDN-Data: 14 rainy versions of each clean image).
+    """
+    result = Matching()
+    by_key: dict[object, Path] = {}
+    for path in targets:
+        key = target_key(path.stem)
+        if key is None:
+            result.unfit.append(path)
+        elif key in by_key:
+            result.duplicates.append((by_key[key], path))
+        else:
+            by_key[key] = path
+    used: dict[object, Path] = {}
+    for path in inputs:
+        key = input_key(path.stem)
+        if key is None:
+            result.unfit.append(path)
+        elif key in used and not shared_targets:
+            result.duplicates.append((used[key], path))
+        elif key not in by_key:
+            result.inputs_without_target.append(path)
+        else:
+            used.setdefault(key, path)
+            result.pairs.append((path, by_key[key]))
+    result.targets_without_input = [path for key, path in by_key.items() if key not in used]
+    order = {key: i for i, key in enumerate(sorted(by_key, key=str))}
+    result.pairs.sort(key=lambda pair: (order[target_key(pair[1].stem)], pair[0].name))
+    return result
 
 
 def decode_image(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
@@ -98,22 +178,47 @@ def to_float32(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32) / np.float32(scale)
 
 
-def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
-    """Writes an H x W x 3 RGB uint8/uint16 array atomically (temporary file, then rename)."""
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The temporary file is created with mode 0666, so the kernel applies the process umask as for any new file
+    (without ever changing the umask, which is process-wide and unsafe to touch from threads).
+    """
     path = Path(path)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"{path}: expected an H x W x 3 uint8/uint16 RGB array, got {rgb.shape} {rgb.dtype}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"{path}: cannot encode an image with this extension")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(encoded.tobytes())
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the file the usual permissions
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def encode_image(rgb: np.ndarray, extension: str, params: list[int] | None = None) -> bytes:
+    """Encodes an H x W x 3 RGB (or H x W x 4 RGBA, or H x W gray) uint8/uint16 array in ``extension``'s format."""
+    if rgb.dtype not in (np.uint8, np.uint16) or not (rgb.ndim == 2 or (rgb.ndim == 3 and rgb.shape[2] in (3, 4))):
+        raise ImageWriteError(
+            f"expected an H x W x 3 (or x 4, or gray) uint8/uint16 array, got {rgb.shape} {rgb.dtype}"
+        )
+    if rgb.ndim == 3:
+        rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR if rgb.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    try:
+        ok, encoded = cv2.imencode(extension or ".png", rgb, params or [])
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise ImageWriteError(f"cannot encode a {rgb.dtype} image as {extension or '.png'}")
+    return encoded.tobytes()
+
+
+def write_image(path: str | os.PathLike, rgb: np.ndarray, params: list[int] | None = None) -> None:
+    """Writes an RGB (or RGBA, or gray) uint8/uint16 array atomically; the format follows the extension."""
+    path = Path(path)
+    try:
+        data = encode_image(rgb, path.suffix, params)
+    except ImageWriteError as err:
+        raise ImageWriteError(f"{path}: {err}") from None
+    write_bytes_atomic(path, data)

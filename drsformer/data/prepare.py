@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..errors import PrepareError
 from .io import ImageReadError, is_image_file, list_images, read_image, write_image
 
 SPLITS = ("train", "test")
@@ -39,10 +40,6 @@ IMAGE_FOLDERS = frozenset(
     {"rain", "norain", "x2", "rainy_image", "ground_truth", "gt", "input", "target", "train2018new"}
     | {"real_world", "real_world_gt"}
 )
-
-
-class PrepareError(ValueError):
-    """A source layout that cannot be recognised or a destination that cannot be used; the message says why."""
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .io import index_by_stem, list_images, read_image, to_uint8, write_image
+from ..errors import ConfigError
+from .io import list_images, match_files, read_image, to_uint8, write_image
 
 BLENDS = ("screen", "additive")
 ANGLE_RANGE = (-30.0, 30.0)  # default fall angle, degrees from vertical, drawn once per image
@@ -119,20 +120,20 @@ def add_rain(
     grey airlight) default to the ``density`` preset. ``blend`` is ``screen`` (1-(1-a)(1-b)) or ``additive``.
     """
     if clean.ndim != 3 or clean.shape[2] != 3 or clean.dtype != np.uint8:
-        raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {clean.shape} {clean.dtype}")
+        raise ConfigError(f"expected an H x W x 3 uint8 RGB image, got {clean.shape} {clean.dtype}")
     if density not in DENSITIES:
-        raise ValueError(f"density must be one of {', '.join(DENSITIES)}, got {density!r}")
+        raise ConfigError(f"density must be one of {', '.join(DENSITIES)}, got {density!r}")
     if blend not in BLENDS:
-        raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+        raise ConfigError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
     preset = DENSITIES[density]
     layers = preset.layers if layers is None else layers
     haze = preset.haze if haze is None else haze
     if not 1 <= layers <= len(LAYERS):
-        raise ValueError(f"layers must be 1..{len(LAYERS)}, got {layers}")
+        raise ConfigError(f"layers must be 1..{len(LAYERS)}, got {layers}")
     if not 0.0 <= haze <= 1.0:
-        raise ValueError(f"haze must be in [0, 1], got {haze}")
+        raise ConfigError(f"haze must be in [0, 1], got {haze}")
     if length is not None and length <= 0:
-        raise ValueError(f"length must be positive, got {length}")
+        raise ConfigError(f"length must be positive, got {length}")
 
     shape = clean.shape[:2]
     # Per-image draws come first, in a fixed order, so presets with the same seed share angle and length.
@@ -176,14 +177,14 @@ def synthesize_folder(
     """Writes ``out_dir/input/<stem>.png`` (rainy) and ``out_dir/target/<stem>.png`` (clean) for every image.
 
     With ``per_image > 1`` the pairs are ``<stem>_r{k}.png``. Returns the number of pairs written. Raises
-    ``ValueError`` for an empty folder or two files with the same stem, ``ImageReadError`` naming a corrupt file.
+    ``ConfigError`` for an empty folder or two files with the same stem, ``ImageReadError`` naming a corrupt file.
     """
     if per_image < 1:
-        raise ValueError(f"per_image must be at least 1, got {per_image}")
+        raise ConfigError(f"per_image must be at least 1, got {per_image}")
     paths = list_images(clean_dir)
     if not paths:
-        raise ValueError(f"{clean_dir}: no images found")
-    index_by_stem(paths, clean_dir)  # two files with one stem would write the same outputs
+        raise ConfigError(f"{clean_dir}: no images found")
+    match_files(paths, paths).check(clean_dir, clean_dir)  # two files with one stem would write the same outputs
 
     out_dir = Path(out_dir)
     written = 0

@@ -2,46 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import multiprocessing
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from ..data.io import ImageReadError, index_by_stem, list_images, name_list, read_image, to_uint8
-from .matlab import DATASET_PROTOCOLS, PROTOCOLS, evaluate_pair
-
-DATASET_ALIASES = {
-    "rain200l": "Rain200L",
-    "rain200h": "Rain200H",
-    "did": "DID",
-    "did-data": "DID",
-    "ddn": "DDN",
-    "ddn-data": "DDN",
-    "spa": "SPA",
-    "spa-data": "SPA",
-}
-
-
-class EvaluationError(ValueError):
-    """Folders that cannot be evaluated; the message names the files at fault."""
-
-
-def canonical_dataset(name: str) -> str:
-    key = name.lower()
-    if key not in DATASET_ALIASES:
-        raise EvaluationError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_PROTOCOLS)}")
-    return DATASET_ALIASES[key]
+from .. import benchmarks
+from ..data.io import ImageReadError, list_images, match_files, read_image, to_uint8
+from ..errors import EvaluationError, MissingPathError, PairingError
+from .matlab import PROTOCOLS, evaluate_pair
 
 
 def _images(folder: str | os.PathLike, role: str) -> list[Path]:
     try:
         files = list_images(folder)
-    except FileNotFoundError:
+    except MissingPathError:
         raise EvaluationError(f"{role} folder {folder} does not exist") from None
     if not files:
         raise EvaluationError(f"{role} folder {folder} holds no images")
@@ -70,23 +52,12 @@ def pair_files(
         return list(zip(restored, gt, strict=True))
     if pair_by != "stem":
         raise EvaluationError(f"unknown pairing {pair_by!r}; choose stem or sorted")
+    matching = match_files(restored, gt)
+    hint = " (use --pair-by sorted to pair by position)"
     try:
-        by_stem = {"restored": index_by_stem(restored, restored_dir), "ground-truth": index_by_stem(gt, gt_dir)}
-    except ValueError as err:
+        return matching.check(restored_dir, gt_dir, hint, roles=("restored", "ground-truth"))
+    except PairingError as err:
         raise EvaluationError(str(err)) from None
-    no_gt = sorted(set(by_stem["restored"]) - set(by_stem["ground-truth"]))
-    no_restored = sorted(set(by_stem["ground-truth"]) - set(by_stem["restored"]))
-    if no_gt or no_restored:
-        problems = []
-        if no_gt:
-            problems.append(f"{len(no_gt)} restored images have no ground truth in {gt_dir}: {name_list(no_gt)}")
-        if no_restored:
-            problems.append(
-                f"{len(no_restored)} ground-truth images have no restored image in {restored_dir}: "
-                f"{name_list(no_restored)}"
-            )
-        raise EvaluationError("; ".join(problems) + " (use --pair-by sorted to pair by position)")
-    return [(by_stem["restored"][s], by_stem["ground-truth"][s]) for s in sorted(by_stem["restored"])]
 
 
 def score_pair(pair: tuple[Path, Path], protocol: str) -> dict[str, Any]:
@@ -169,3 +140,43 @@ def evaluate_folders(
 def write_json(report: EvaluationReport, path: str | os.PathLike) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report.to_dict(), indent=2))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--restored", required=True, help="folder of restored (derained) images")
+    parser.add_argument("--gt", required=True, help="folder of ground-truth images")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="restormer: uint8 Y, 2003 SSIM (Rain200L/H, SPA); rcdnet: float Y, 2009 SSIM (DID, DDN)",
+    )
+    parser.add_argument("--dataset", help=f"{benchmarks.choices()}: picks the paper's protocol for it")
+    parser.add_argument(
+        "--pair-by",
+        choices=["stem", "sorted"],
+        default="stem",
+        help="stem: match file names; sorted: pair by position like the MATLAB scripts",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: cores, at most 8)")
+    parser.add_argument("--json", metavar="FILE", help="write per-image and mean scores as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    bench = benchmarks.get(args.dataset, "--dataset") if args.dataset else None
+    protocol = args.protocol or (bench.protocol if bench else None)
+    if protocol is None:
+        raise EvaluationError("choose --protocol restormer|rcdnet, or --dataset to use the paper's protocol for it")
+    if bench and args.protocol and args.protocol != bench.protocol:
+        print(
+            f"note: the paper evaluates {bench.title} with the {bench.protocol} protocol; "
+            f"using {args.protocol} as asked",
+            file=sys.stderr,
+        )
+    name = bench.name if bench else None
+    report = evaluate_folders(args.restored, args.gt, protocol, args.pair_by, args.workers, not args.quiet, name)
+    print(report.summary())
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0

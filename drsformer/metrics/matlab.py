@@ -22,14 +22,6 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 PROTOCOLS = ("restormer", "rcdnet")
-# Which protocol the paper used for each benchmark.
-DATASET_PROTOCOLS = {
-    "Rain200L": "restormer",
-    "Rain200H": "restormer",
-    "SPA": "restormer",
-    "DID": "rcdnet",
-    "DDN": "rcdnet",
-}
 WINDOW_SIZE = 11
 WINDOW_SIGMA = 1.5
 SSIM_K = (0.01, 0.03)

@@ -1,0 +1,145 @@
+"""The one catalogue of deraining benchmarks: names, aliases, scoring protocol, the paper's model and numbers.
+
+``drsformer prepare``, ``evaluate``, ``test`` and the training options all read this module; nothing else
+knows a benchmark by name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+# How each MATLAB script scores (see drsformer.metrics.matlab); ``skimage`` is the common Python-only number.
+PROTOCOLS = ("restormer", "rcdnet")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark as the DRSformer paper (CVPR 2023, Table 1) uses it."""
+
+    name: str  # canonical name: the prepared folder datasets/<name> and the option file names
+    title: str  # as the paper writes it
+    aliases: tuple[str, ...]  # other accepted spellings, compared after lower-casing and dropping - _ . and spaces
+    protocol: str  # restormer | rcdnet
+    mefc: bool  # the paper's model for it: with MEFC (drsformer) or without (drsformer_no_mefc)
+    paper_psnr: float
+    paper_ssim: float
+    train_pairs: int  # published split sizes
+    test_pairs: int
+    layout: str  # the release layout, for messages and docs
+
+    @property
+    def variant(self) -> str:
+        """The registered architecture factory the paper used: ``drsformer`` or ``drsformer_no_mefc``."""
+        return "drsformer" if self.mefc else "drsformer_no_mefc"
+
+    @property
+    def checkpoint(self) -> str:
+        """Where the option files expect the authors' published weights for this benchmark."""
+        return f"pretrained/{self.name}.pth"
+
+    @property
+    def expected_pairs(self) -> dict[str, int]:
+        return {"train": self.train_pairs, "test": self.test_pairs}
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark(
+            "Rain200L",
+            "Rain200L",
+            ("rain200light",),
+            "restormer",
+            mefc=False,
+            paper_psnr=41.23,
+            paper_ssim=0.9894,
+            train_pairs=1800,
+            test_pairs=200,
+            layout="folders holding rain/X2/norain-{i}x2.png and norain/norain-{i}.png, one for training and one "
+            "for testing (rain_data_train_Light, rain_data_test_Light)",
+        ),
+        Benchmark(
+            "Rain200H",
+            "Rain200H",
+            ("rain200heavy",),
+            "restormer",
+            mefc=True,
+            paper_psnr=32.17,
+            paper_ssim=0.9326,
+            train_pairs=1800,
+            test_pairs=200,
+            layout="folders holding rain/X2/norain-{i}x2.png and norain/norain-{i}.png, one for training and one "
+            "for testing (rain_data_train_Heavy, rain_data_test_Heavy)",
+        ),
+        Benchmark(
+            "DID",
+            "DID-Data",
+            ("diddata", "didmdn", "rain1200"),
+            "rcdnet",
+            mefc=True,
+            paper_psnr=35.35,
+            paper_ssim=0.9646,
+            train_pairs=12000,
+            test_pairs=1200,
+            layout="Rain_Heavy/, Rain_Medium/, Rain_Light/ (each with train2018new/{i}.jpg) and a test folder such "
+            "as DID-MDN-test/{i}.jpg, every image rainy left half | clean right half",
+        ),
+        Benchmark(
+            "DDN",
+            "DDN-Data",
+            ("ddndata", "rain1400", "rain12600", "rain14000"),
+            "rcdnet",
+            mefc=True,
+            paper_psnr=34.35,
+            paper_ssim=0.9588,
+            train_pairs=12600,
+            test_pairs=1400,
+            layout="a training and a testing folder (e.g. Rain12600, Rain1400) each holding rain/{i}_{j}.jpg and "
+            "norain/{i}.jpg (or rainy_image/ and ground_truth/)",
+        ),
+        Benchmark(
+            "SPA",
+            "SPA-Data",
+            ("spadata", "spanet", "realrain"),
+            "restormer",
+            mefc=False,
+            paper_psnr=48.54,
+            paper_ssim=0.9924,
+            train_pairs=638492,
+            test_pairs=1000,
+            layout="real_world.txt (rainy and clean path per line) for training and real_test_1000/rain/{k}.png + "
+            "real_test_1000/gt/{k}gt.png for testing",
+        ),
+    )
+}
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[\s_\-.]", "", name.lower())
+
+
+_LOOKUP = {
+    key: b.name for b in BENCHMARKS.values() for key in (_squash(b.name), _squash(b.title), *map(_squash, b.aliases))
+}
+
+
+def find(name: str) -> Benchmark | None:
+    """The benchmark ``name`` means (any accepted spelling, case-insensitive), or None."""
+    canonical = _LOOKUP.get(_squash(name))
+    return BENCHMARKS[canonical] if canonical else None
+
+
+def get(name: str, what: str = "dataset") -> Benchmark:
+    """Like :func:`find`, but an unknown name is a :class:`ConfigError` that lists the benchmarks."""
+    found = find(name)
+    if found is None:
+        raise ConfigError(f"unknown {what} {name!r}; known benchmarks: {choices()} (case-insensitive)")
+    return found
+
+
+def choices() -> str:
+    """``Rain200L, Rain200H, DID (DID-Data), ...`` for messages and help texts."""
+    return ", ".join(b.name if b.title == b.name else f"{b.name} ({b.title})" for b in BENCHMARKS.values())

@@ -1,0 +1,48 @@
+"""The errors drsformer raises on purpose. Each message names the file, key or value at fault.
+
+The command line prints any :class:`DrsformerError` as one line and exits with status 2; any other exception is
+a bug and keeps its traceback. Each class also derives from the built-in error a caller would expect
+(``ValueError``, ``OSError``, ``FileNotFoundError``), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class DrsformerError(Exception):
+    """Base of every error raised on purpose: bad input, bad configuration, unusable files."""
+
+
+class ConfigError(DrsformerError, ValueError):
+    """A configuration key or value that cannot be used; the message names the key path."""
+
+
+class CheckpointError(DrsformerError, ValueError):
+    """A file or dict that cannot be loaded as DRSformer weights or a training state."""
+
+
+class MissingPathError(DrsformerError, FileNotFoundError):
+    """A file or folder that was asked for and does not exist."""
+
+
+class ImageReadError(DrsformerError, OSError):
+    """An image that is missing, unreadable or corrupt."""
+
+
+class ImageWriteError(DrsformerError, OSError):
+    """An image that cannot be encoded or written."""
+
+
+class PairingError(DrsformerError, ValueError):
+    """Input and target images that do not pair up; the message lists the unmatched names."""
+
+
+class EvaluationError(DrsformerError, ValueError):
+    """Folders or images that cannot be scored."""
+
+
+class PrepareError(DrsformerError, ValueError):
+    """A benchmark release that cannot be recognised, or a destination that cannot be used."""
+
+
+class TrainingError(DrsformerError, RuntimeError):
+    """A training run that cannot go on (repeated non-finite losses, out of memory, ...); says what to change."""
