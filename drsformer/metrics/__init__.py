@@ -1,5 +1,9 @@
-"""Y-channel PSNR/SSIM as the paper's MATLAB scripts compute them (NumPy) and on tensors (torch)."""
+"""Y-channel PSNR/SSIM as the paper's MATLAB scripts compute them (NumPy) and on tensors (torch).
 
+Importing this package registers the validation metrics in ``METRIC_REGISTRY``.
+"""
+
+from . import registered  # noqa: F401  (fills METRIC_REGISTRY)
 from .matlab import PROTOCOLS, Score, evaluate_pair
 
 __all__ = ["PROTOCOLS", "Score", "evaluate_pair"]

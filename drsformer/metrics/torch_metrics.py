@@ -78,21 +78,32 @@ def _downsample(y: Tensor) -> Tensor:
     return _separable_valid(y, torch.full((f,), 1.0 / f, dtype=y.dtype, device=y.device))[..., ::f, ::f]
 
 
-def psnr_ssim(
-    restored: Tensor, target: Tensor, protocol: str, dtype: torch.dtype = torch.float64
-) -> tuple[Tensor, Tensor]:
-    """Per-image PSNR (dB) and SSIM, each of shape (N,), of two N x C x H x W batches in [0, 1]."""
+def _luma_pair(restored: Tensor, target: Tensor, protocol: str, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     if restored.shape != target.shape:
         raise ValueError(f"batches differ in shape: {tuple(restored.shape)} vs {tuple(target.shape)}")
     if protocol not in ("restormer", "rcdnet"):
         raise ValueError(f"unknown protocol {protocol!r}; choose from restormer, rcdnet")
     rounded = protocol == "restormer"
-    y1 = rgb_to_y(quantize(restored.to(dtype)), rounded)
-    y2 = rgb_to_y(quantize(target.to(dtype)), rounded)
+    return rgb_to_y(quantize(restored.to(dtype)), rounded), rgb_to_y(quantize(target.to(dtype)), rounded)
+
+
+def psnr(restored: Tensor, target: Tensor, protocol: str, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Per-image Y-channel PSNR (dB), shape (N,), of two N x C x H x W batches in [0, 1]."""
+    y1, y2 = _luma_pair(restored, target, protocol, dtype)
     mse = (y1 - y2).square().mean(dim=(1, 2, 3))
-    psnr = 10 * torch.log10(255.0**2 / mse)  # inf where identical; peak 1 on Y/255 is the same number
-    if rounded:
-        ssim = _ssim_mean(y1, y2)
-    else:
-        ssim = _ssim_mean(_downsample(y1), _downsample(y2))
-    return psnr, ssim
+    return 10 * torch.log10(255.0**2 / mse)  # inf where identical; peak 1 on Y/255 is the same number
+
+
+def ssim(restored: Tensor, target: Tensor, protocol: str, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Per-image Y-channel SSIM, shape (N,), of two N x C x H x W batches in [0, 1]."""
+    y1, y2 = _luma_pair(restored, target, protocol, dtype)
+    if protocol == "restormer":
+        return _ssim_mean(y1, y2)
+    return _ssim_mean(_downsample(y1), _downsample(y2))
+
+
+def psnr_ssim(
+    restored: Tensor, target: Tensor, protocol: str, dtype: torch.dtype = torch.float64
+) -> tuple[Tensor, Tensor]:
+    """Per-image PSNR (dB) and SSIM, each of shape (N,), of two N x C x H x W batches in [0, 1]."""
+    return psnr(restored, target, protocol, dtype), ssim(restored, target, protocol, dtype)
