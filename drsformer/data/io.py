@@ -18,13 +18,16 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
+    "ImageWithAlpha",
     "Matching",
     "decode_image",
+    "exif_orientation",
     "is_image_file",
     "list_images",
     "match_files",
     "name_list",
     "read_image",
+    "read_image_with_alpha",
     "to_float32",
     "to_uint8",
     "write_bytes_atomic",
@@ -222,3 +225,71 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, params: list[int] | No
     except ImageWriteError as err:
         raise ImageWriteError(f"{path}: {err}") from None
     write_bytes_atomic(path, data)
+
+
+# EXIF orientation (tag 0x0112) -> the NumPy operation that makes the stored pixels upright (as viewers show them).
+_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def exif_orientation(path: str | os.PathLike) -> int:
+    """The EXIF orientation of an image file (1..8; 1 when it has none or Pillow cannot tell)."""
+    try:
+        from PIL import Image  # Pillow comes with torchvision; only orientation needs it
+
+        with Image.open(path) as image:
+            value = image.getexif().get(0x0112, 1)
+    except Exception:  # no Pillow, or a file Pillow cannot parse: OpenCV decides readability
+        return 1
+    return value if value in _ORIENT else 1
+
+
+@dataclass
+class ImageWithAlpha:
+    """A decoded image file: RGB for the model, plus what writing the result back needs."""
+
+    rgb: np.ndarray  # H x W x 3, uint8 or uint16 as stored
+    alpha: np.ndarray | None  # H x W, same dtype as rgb; None without an alpha channel
+    gray: bool  # the file stores one colour channel (rgb then holds three equal channels)
+    orientation: int = 1  # the EXIF orientation applied to rgb and alpha (1: none)
+
+
+def read_image_with_alpha(path: str | os.PathLike, upright: bool = True) -> ImageWithAlpha:
+    """Reads an image file keeping its alpha channel, bit depth (8 or 16) and whether it is grayscale.
+
+    ``upright`` applies the EXIF orientation, so the pixels are as a viewer shows them. Raises
+    :class:`ImageReadError` naming ``path`` for a missing, corrupt or unsupported file.
+    """
+    path = os.fspath(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except OSError as err:
+        raise ImageReadError(f"{path}: cannot read ({err.strerror or err})") from None
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise ImageReadError(f"{path}: cannot decode image (corrupt, truncated or not an image)")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ImageReadError(f"{path}: unsupported pixel type {image.dtype}; expected 8- or 16-bit")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels not in (1, 2, 3, 4):
+        raise ImageReadError(f"{path}: unsupported number of channels {channels}")
+    alpha = np.ascontiguousarray(image[:, :, -1]) if channels in (2, 4) else None
+    if channels <= 2:
+        gray = image if channels == 1 else np.ascontiguousarray(image[:, :, 0])
+        rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+    else:
+        rgb = cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_BGR2RGB)
+    orientation = exif_orientation(path) if upright else 1
+    if orientation != 1:
+        rgb = np.ascontiguousarray(_ORIENT[orientation](rgb))
+        alpha = None if alpha is None else np.ascontiguousarray(_ORIENT[orientation](alpha))
+    return ImageWithAlpha(rgb, alpha, channels <= 2, orientation)

@@ -1,4 +1,4 @@
-"""Folder-against-folder evaluation with either MATLAB protocol (the ``evaluate`` subcommand)."""
+"""Folder-against-folder evaluation with either MATLAB protocol or skimage's (the ``evaluate`` subcommand)."""
 
 from __future__ import annotations
 
@@ -148,7 +148,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--protocol",
         choices=PROTOCOLS,
-        help="restormer: uint8 Y, 2003 SSIM (Rain200L/H, SPA); rcdnet: float Y, 2009 SSIM (DID, DDN)",
+        help="restormer: uint8 Y, 2003 SSIM (Rain200L/H, SPA); rcdnet: float Y, 2009 SSIM (DID, DDN); "
+        "skimage: skimage.metrics on float Y (what many Python-only papers report)",
     )
     parser.add_argument("--dataset", help=f"{benchmarks.choices()}: picks the paper's protocol for it")
     parser.add_argument(
@@ -166,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
     bench = benchmarks.get(args.dataset, "--dataset") if args.dataset else None
     protocol = args.protocol or (bench.protocol if bench else None)
     if protocol is None:
-        raise EvaluationError("choose --protocol restormer|rcdnet, or --dataset to use the paper's protocol for it")
+        raise EvaluationError(
+            "choose --protocol restormer|rcdnet|skimage, or --dataset to use the paper's protocol for it"
+        )
     if bench and args.protocol and args.protocol != bench.protocol:
         print(
             f"note: the paper evaluates {bench.title} with the {bench.protocol} protocol; "

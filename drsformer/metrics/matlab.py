@@ -11,6 +11,9 @@
 
 ``rgb2ycbcr`` is ITU-R BT.601 studio swing: Y = 16 + (65.481 R + 128.553 G + 24.966 B) with R, G, B in [0, 1].
 A grayscale image (2-D array) is used as Y directly, as the scripts do for single-channel files.
+
+``skimage`` protocol (not MATLAB; what many Python-only papers report): ``skimage.metrics`` on unrounded Y, see
+:mod:`drsformer.metrics.skimage_protocol`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-PROTOCOLS = ("restormer", "rcdnet")
+PROTOCOLS = ("restormer", "rcdnet", "skimage")
 WINDOW_SIZE = 11
 WINDOW_SIGMA = 1.5
 SSIM_K = (0.01, 0.03)
@@ -128,4 +131,8 @@ def evaluate_pair(restored: np.ndarray, target: np.ndarray, protocol: str) -> Sc
     if protocol == "rcdnet":
         y1, y2 = rgb_to_y(restored, rounded=False), rgb_to_y(target, rounded=False)
         return Score(psnr(y1 / 255.0, y2 / 255.0, 1.0), ssim_downsampled(y1, y2))
+    if protocol == "skimage":
+        from .skimage_protocol import evaluate_skimage  # imported here: it imports Score from this module
+
+        return evaluate_skimage(restored, target)
     raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
