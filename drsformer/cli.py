@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "prepare": ("drsformer.data.prepare", "turn a benchmark's original release into train|test/{input,target}"),
     "synth-rain": ("drsformer.data.synth_rain", "write rainy/clean training pairs from a folder of clean photos"),
+    "test": ("drsformer.test", "restore benchmark test sets, save the results and print PSNR/SSIM beside the paper's"),
+    "derain": ("drsformer.derain", "derain your own photos of any size (tiling, self-ensemble, alpha, 16-bit)"),
 }
 
 

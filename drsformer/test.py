@@ -1,0 +1,459 @@
+"""``drsformer test``: restore benchmark test sets, save the results and print the paper's table.
+
+    drsformer test -opt options/test/Rain200H.yml
+    drsformer test --weights W --data Rain200H=datasets/Rain200H/test --data DID=datasets/DID/test
+    python -m drsformer.test -opt options/test/all.yml
+
+Each dataset folder holds ``input/`` and ``target/`` with equal file names (what ``drsformer prepare`` writes).
+Every input is restored as the authors' test script does (reflect-pad to a multiple of 8, run, clamp to [0, 1],
+crop, round to uint8), saved losslessly as ``<out>/<dataset>/<input stem>.png`` and scored against its target
+with the dataset's protocol (the paper's, from the benchmark catalogue, unless ``--protocol`` says otherwise).
+Scores are computed on the same uint8 arrays that are saved, so ``drsformer evaluate`` on the saved folder gives
+the same numbers. Everything that can be checked (weights, folders, pairing) is checked before any image runs;
+an unreadable image is reported by name and skipped, and the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from . import benchmarks
+from .benchmarks import Benchmark
+from .data.io import list_images, match_files, read_image, to_uint8, write_image
+from .errors import ConfigError, EvaluationError, ImageReadError, ImageWriteError, MissingPathError
+from .inference import PRECISIONS, InferenceSettings, default_device, image_to_tensor, restore, tensor_to_image
+from .metrics.matlab import PROTOCOLS, evaluate_pair
+from .registry import suggest
+
+# Keys an options file may have, with the types each accepts (None: null allowed).
+TOP_KEYS: dict[str, tuple[type | None, ...]] = {
+    "name": (str,),
+    "weights": (str, None),
+    "params_key": (str,),
+    "protocol": (str, None),
+    "out": (str,),
+    "json": (str, None),
+    "device": (str, None),
+    "precision": (str,),
+    "self_ensemble": (bool,),
+    "tile": (int, None),
+    "tile_overlap": (int,),
+    "batch": (int,),
+    "datasets": (dict,),
+}
+DATASET_KEYS: dict[str, tuple[type | None, ...]] = {
+    "path": (str,),
+    "weights": (str, None),
+    "params_key": (str,),
+    "protocol": (str, None),
+}
+DEFAULTS: dict[str, Any] = {
+    "params_key": "params",
+    "out": "results",
+    "precision": "fp32",
+    "self_ensemble": False,
+    "tile": None,
+    "tile_overlap": 32,
+    "batch": 4,
+}
+
+
+@dataclass
+class DatasetJob:
+    """One test set: where it is, how it is scored, which weights restore it."""
+
+    name: str
+    root: Path
+    protocol: str
+    weights: str
+    params_key: str = "params"
+    benchmark: Benchmark | None = None
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)  # (input, target)
+
+
+@dataclass
+class DatasetResult:
+    """Scores of one test set; ``failed`` lists (file name, reason) of the images that did not run."""
+
+    job: DatasetJob
+    images: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self.images)
+
+    def mean(self, key: str) -> float | None:
+        return math.fsum(i[key] for i in self.images) / self.count if self.images else None
+
+    def to_dict(self) -> dict[str, Any]:
+        bench = self.job.benchmark
+        out = {
+            "name": self.job.name,
+            "protocol": self.job.protocol,
+            "count": self.count,
+            "psnr": self.mean("psnr"),
+            "ssim": self.mean("ssim"),
+            "seconds": self.seconds,
+            "weights": self.job.weights,
+            "folder": str(self.job.root),
+        }
+        if bench is not None and bench.protocol == self.job.protocol:
+            out.update(paper_psnr=bench.paper_psnr, paper_ssim=bench.paper_ssim)
+        out["failed"] = [{"name": name, "error": reason} for name, reason in self.failed]
+        out["images"] = self.images
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Options: a YAML file and/or command-line flags
+
+
+def _check_type(value: Any, allowed: tuple[type | None, ...], where: str) -> None:
+    if value is None and None in allowed:
+        return
+    kinds = [t for t in allowed if t is not None]
+    # bool is an int in Python; a YAML ``true`` must not pass for a tile size.
+    ok = any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in kinds)
+    if not ok:
+        names = " or ".join([t.__name__ for t in kinds] + (["null"] if None in allowed else []))
+        raise ConfigError(f"{where}: expected {names}, got {type(value).__name__} {value!r}")
+
+
+def _check_keys(section: dict[str, Any], allowed: dict[str, Any], where: str) -> None:
+    for key, value in section.items():
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key {key!r}{suggest(str(key), allowed)} (known: {', '.join(allowed)})")
+        _check_type(value, allowed[key], f"{where}.{key}" if where else key)
+
+
+def load_options(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a test options file with ``yaml.safe_load`` and checks every key; errors name the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingPathError(f"{path}: no such options file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({problem})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of options, found {type(data).__name__}")
+    _check_keys(data, TOP_KEYS, str(path))
+    datasets = {}
+    for name, entry in (data.get("datasets") or {}).items():
+        where = f"{path}: datasets.{name}"
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        elif not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a folder or a mapping with path, got {type(entry).__name__}")
+        _check_keys(entry, DATASET_KEYS, where)
+        if "path" not in entry:
+            raise ConfigError(f"{where}: missing key 'path' (the folder holding input/ and target/)")
+        datasets[str(name)] = dict(entry)
+    data["datasets"] = datasets
+    return data
+
+
+def parse_data(text: str) -> tuple[str, str]:
+    """``NAME=DIR`` from ``--data``; anything else is a :class:`ConfigError` showing the expected form."""
+    name, sep, folder = text.partition("=")
+    if not sep or not name.strip() or not folder.strip():
+        raise ConfigError(
+            f"--data {text!r}: expected NAME=DIR, e.g. --data Rain200H=datasets/Rain200H/test "
+            "(DIR holds input/ and target/)"
+        )
+    return name.strip(), folder.strip()
+
+
+def _resolve_protocol(name: str, chosen: str | None, bench: Benchmark | None, where: str) -> str:
+    if chosen is not None:
+        if chosen not in PROTOCOLS:
+            raise ConfigError(
+                f"{where}: unknown protocol {chosen!r}{suggest(chosen, PROTOCOLS)}; choose from {', '.join(PROTOCOLS)}"
+            )
+        return chosen
+    if bench is None:
+        raise ConfigError(
+            f"{where}: unknown dataset name {name!r}, so its protocol is unknown; use a benchmark name "
+            f"({benchmarks.choices()}) or give --protocol {'|'.join(PROTOCOLS)}"
+        )
+    return bench.protocol
+
+
+def plan_from_args(args: argparse.Namespace) -> tuple[list[DatasetJob], dict[str, Any]]:
+    """The datasets to run and the merged settings: file values, overridden by any flag given."""
+    source = load_options(args.opt) if args.opt else {"datasets": {}}
+    where_file = f"{args.opt}: " if args.opt else ""
+    settings = {**DEFAULTS, **{k: v for k, v in source.items() if k != "datasets"}}
+    for key in ("weights", "params_key", "protocol", "out", "json", "device", "precision", "tile", "tile_overlap"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    for key in ("batch", "self_ensemble"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    entries = {name: dict(entry, origin=f"{where_file}datasets.{name}") for name, entry in source["datasets"].items()}
+    for text in args.data or []:
+        name, folder = parse_data(text)
+        entries[name] = {"path": folder, "origin": f"--data {text}"}
+    if not entries:
+        raise ConfigError("no datasets to test: give -opt FILE or --data NAME=DIR (DIR holds input/ and target/)")
+    jobs = []
+    for name, entry in entries.items():
+        bench = benchmarks.find(name)
+        # --protocol on the command line wins; then the dataset's own entry, the file's, the benchmark's.
+        chosen = args.protocol or entry.get("protocol") or source.get("protocol")
+        protocol = _resolve_protocol(name, chosen, bench, entry["origin"])
+        weights = args.weights or entry.get("weights") or settings.get("weights")
+        if not weights:
+            raise ConfigError(
+                f"{entry['origin']}: no weights; give --weights FILE, or weights: in the options file "
+                f"(for all datasets or under datasets.{name})"
+            )
+        params_key = args.params_key or entry.get("params_key") or settings["params_key"]
+        jobs.append(
+            DatasetJob(bench.name if bench else name, Path(entry["path"]), protocol, weights, params_key, bench)
+        )
+    names = [job.name for job in jobs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"dataset {repeated[0]} is given twice (spellings of one benchmark share one output folder)")
+    return jobs, settings
+
+
+def check_folders(job: DatasetJob) -> None:
+    """Fills ``job.pairs``; a missing or empty folder or unpaired names raise an error naming the folder."""
+    if not job.root.is_dir():
+        hint = f" (prepare it with: drsformer prepare {job.name} --src RAW --dst DIR)" if job.benchmark else ""
+        raise MissingPathError(f"{job.root}: no such folder for dataset {job.name}{hint}")
+    folders = {}
+    for role in ("input", "target"):
+        folder = job.root / role
+        if not folder.is_dir():
+            raise MissingPathError(f"{folder}: no such folder; a test folder holds input/ and target/")
+        files = list_images(folder)
+        if not files:
+            raise EvaluationError(f"{folder}: holds no images")
+        folders[role] = files
+    matching = match_files(folders["input"], folders["target"])
+    job.pairs = matching.check(job.root / "input", job.root / "target")
+
+
+def load_models(jobs: list[DatasetJob]) -> dict[tuple[str, str], nn.Module]:
+    """Every distinct (weights, params_key), loaded on the CPU in eval mode; errors name the file."""
+    from .archs import from_checkpoint
+
+    for job in jobs:  # all missing files are reported before the (slow) loading starts
+        if not os.path.isfile(job.weights):
+            raise MissingPathError(f"{job.weights}: no such checkpoint (weights for dataset {job.name})")
+    models = {}
+    for job in jobs:
+        key = (job.weights, job.params_key)
+        if key not in models:
+            models[key] = from_checkpoint(job.weights, key=job.params_key).eval()
+    return models
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running
+
+
+def run_dataset(
+    job: DatasetJob,
+    model: nn.Module,
+    out_dir: Path,
+    settings: InferenceSettings,
+    device: str,
+    progress: bool = True,
+) -> DatasetResult:
+    """Restores, saves and scores every pair of ``job``; unreadable images are recorded in ``failed``."""
+    result = DatasetResult(job)
+    start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for input_path, target_path in tqdm(job.pairs, desc=job.name, unit="img", disable=not progress):
+        try:
+            rainy, target = read_image(input_path), to_uint8(read_image(target_path))
+            if rainy.shape[:2] != target.shape[:2]:
+                raise EvaluationError(
+                    f"size mismatch: {input_path} is {rainy.shape[1]}x{rainy.shape[0]} but {target_path} is "
+                    f"{target.shape[1]}x{target.shape[0]} (width x height)"
+                )
+            restored = tensor_to_image(
+                restore(
+                    model,
+                    image_to_tensor(rainy).to(device),
+                    settings.precision,
+                    tile=settings.tile,
+                    tile_overlap=settings.tile_overlap,
+                    batch=settings.batch,
+                    self_ensemble=settings.self_ensemble,
+                )
+            )
+            write_image(out_dir / f"{input_path.stem}.png", restored)
+        except (ImageReadError, ImageWriteError, EvaluationError) as err:
+            result.failed.append((input_path.name, str(err)))
+            tqdm.write(f"skipped {input_path.name}: {err}", file=sys.stderr)
+            continue
+        score = evaluate_pair(restored, target, job.protocol)
+        result.images.append({"name": f"{input_path.stem}.png", "psnr": score.psnr, "ssim": score.ssim})
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _number(value: float | None, digits: int, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def format_table(results: list[DatasetResult]) -> str:
+    """A markdown table, one row per dataset; the paper's numbers and the difference where they apply."""
+    header = ["dataset", "protocol", "images", "PSNR", "SSIM", "seconds", "images/s"]
+    paper = any(r.job.benchmark is not None and r.job.benchmark.protocol == r.job.protocol for r in results)
+    if paper:
+        header += ["paper PSNR", "paper SSIM", "ΔPSNR", "ΔSSIM"]
+    rows = []
+    for r in results:
+        psnr, ssim = r.mean("psnr"), r.mean("ssim")
+        rate = r.count / r.seconds if r.seconds > 0 else None
+        images = f"{r.count}" + (f" ({len(r.failed)} failed)" if r.failed else "")
+        row = [r.job.name, r.job.protocol, images, _number(psnr, 2), _number(ssim, 4)]
+        row += [_number(r.seconds, 1), _number(rate, 2)]
+        if paper:
+            bench = r.job.benchmark
+            if bench is not None and bench.protocol == r.job.protocol:
+                dp = None if psnr is None else psnr - bench.paper_psnr
+                ds = None if ssim is None else ssim - bench.paper_ssim
+                row += [
+                    f"{bench.paper_psnr:.2f}",
+                    f"{bench.paper_ssim:.4f}",
+                    _number(dp, 2, True),
+                    _number(ds, 4, True),
+                ]
+            else:
+                row += ["-"] * 4
+        rows.append(row)
+    align = ["---", "---"] + ["---:"] * (len(header) - 2)
+    lines = [header, align, *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def report_dict(results: list[DatasetResult], weights: str | None, settings: InferenceSettings, device: str) -> dict:
+    """The ``--json`` report: settings, then per dataset the means, timings and per-image scores."""
+    return {
+        "weights": weights,
+        "device": device,
+        "precision": settings.precision,
+        "tile": settings.tile,
+        "self_ensemble": settings.self_ensemble,
+        "datasets": [r.to_dict() for r in results],
+    }
+
+
+def _device(name: str | None) -> str:
+    device = name or default_device()
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"device: unknown device {device!r}; use cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device} asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-opt", "--opt", metavar="FILE", help="test options file (options/test/*.yml)")
+    parser.add_argument("--weights", help="checkpoint for every dataset (overrides the options file)")
+    parser.add_argument(
+        "--params-key", default=None, help="weights inside the checkpoint: params (default) or params_ema"
+    )
+    parser.add_argument(
+        "--data",
+        action="append",
+        metavar="NAME=DIR",
+        help="a test set: DIR holds input/ and target/; NAME picks the protocol (repeatable)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=None,
+        help="score every set with this protocol (default: the paper's for each benchmark; "
+        "skimage: skimage.metrics on float Y, as many Python-only papers report)",
+    )
+    parser.add_argument("--out", default=None, help="folder for the restored images, one subfolder per set (results)")
+    parser.add_argument("--json", metavar="FILE", default=None, help="write per-image and mean scores as JSON")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default=None, help="autocast precision (fp32)")
+    parser.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: whole images)")
+    parser.add_argument("--tile-overlap", type=int, default=None, help="overlap of neighbouring tiles (32)")
+    parser.add_argument("--batch", type=int, default=None, help="tiles per forward pass when tiling (4)")
+    parser.add_argument(
+        "--self-ensemble", action="store_true", default=None, help="average the 8 flips and rotations (8x slower)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    jobs, options = plan_from_args(args)
+    settings = InferenceSettings(
+        options["precision"],
+        options["tile"] or None,
+        options["tile_overlap"],
+        options["batch"],
+        options["self_ensemble"],
+    ).check()
+    device = _device(options.get("device"))
+    for job in jobs:  # every folder and pairing first, then every checkpoint: fail before any image runs
+        check_folders(job)
+    models = load_models(jobs)
+    out_root = Path(options["out"])
+    print(f"device {device}, {settings.describe()}; results in {out_root}/", file=sys.stderr)
+    results = []
+    for job in jobs:
+        model = models[(job.weights, job.params_key)].to(device)
+        variant = "with MEFC" if getattr(model, "has_mefc", True) else "without MEFC"
+        print(
+            f"{job.name}: {len(job.pairs)} pairs in {job.root}, {job.protocol} protocol, weights {job.weights} "
+            f"({variant})",
+            file=sys.stderr,
+        )
+        results.append(run_dataset(job, model, out_root / job.name, settings, device, not args.quiet))
+        model.to("cpu")  # free the GPU for the next set's weights
+    print(format_table(results))
+    failed = sum(len(r.failed) for r in results)
+    if options.get("json"):
+        path = Path(options["json"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report_dict(results, options.get("weights"), settings, device), indent=2))
+        print(f"wrote {path}")
+    if failed:
+        names = [f"{r.job.name}/{name}" for r in results for name, _ in r.failed]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        print(f"drsformer test: {failed} image(s) could not be processed: {shown}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m drsformer.test``: the same command without going through ``drsformer``."""
+    from .cli import run_command
+
+    parser = argparse.ArgumentParser(prog="python -m drsformer.test", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_command("test", run, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
