@@ -29,6 +29,10 @@ class Benchmark:
     train_pairs: int  # published split sizes
     test_pairs: int
     layout: str  # the release layout, for messages and docs
+    # Where the release keeps each split: folder names that ``drsformer prepare`` compares with whole path
+    # components (case-insensitively). SPA-Data's training split is a list file, named here instead.
+    train_dirs: tuple[str, ...] = ()
+    test_dirs: tuple[str, ...] = ()
 
     @property
     def variant(self) -> str:
@@ -60,6 +64,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             test_pairs=200,
             layout="folders holding rain/X2/norain-{i}x2.png and norain/norain-{i}.png, one for training and one "
             "for testing (rain_data_train_Light, rain_data_test_Light)",
+            train_dirs=("rain_data_train_Light", "train", "training"),
+            test_dirs=("rain_data_test_Light", "test", "testing"),
         ),
         Benchmark(
             "Rain200H",
@@ -73,6 +79,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             test_pairs=200,
             layout="folders holding rain/X2/norain-{i}x2.png and norain/norain-{i}.png, one for training and one "
             "for testing (rain_data_train_Heavy, rain_data_test_Heavy)",
+            train_dirs=("rain_data_train_Heavy", "train", "training"),
+            test_dirs=("rain_data_test_Heavy", "test", "testing"),
         ),
         Benchmark(
             "DID",
@@ -86,6 +94,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             test_pairs=1200,
             layout="Rain_Heavy/, Rain_Medium/, Rain_Light/ (each with train2018new/{i}.jpg) and a test folder such "
             "as DID-MDN-test/{i}.jpg, every image rainy left half | clean right half",
+            train_dirs=("Rain_Heavy", "Rain_Medium", "Rain_Light"),
+            test_dirs=("DID-MDN-test", "Test1200", "test", "testing"),
         ),
         Benchmark(
             "DDN",
@@ -99,6 +109,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             test_pairs=1400,
             layout="a training and a testing folder (e.g. Rain12600, Rain1400) each holding rain/{i}_{j}.jpg and "
             "norain/{i}.jpg (or rainy_image/ and ground_truth/)",
+            train_dirs=("Rain12600", "training", "train"),
+            test_dirs=("Rain1400", "testing", "test"),
         ),
         Benchmark(
             "SPA",
@@ -112,6 +124,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             test_pairs=1000,
             layout="real_world.txt (rainy and clean path per line) for training and real_test_1000/rain/{k}.png + "
             "real_test_1000/gt/{k}gt.png for testing",
+            train_dirs=("real_world.txt",),
+            test_dirs=("real_test_1000", "testing", "test"),
         ),
     )
 }

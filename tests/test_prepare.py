@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from drsformer.cli import main
 from drsformer.data import prepare as prep
 from drsformer.data.io import read_image, write_image
-from drsformer.data.prepare import PrepareError, prepare_dataset, resolve_name
+from drsformer.data.prepare import PrepareError, prepare_dataset
 
 H, W = 8, 12
 
@@ -100,13 +101,18 @@ def test_missing_counterparts_are_reported_by_name(tmp_path: Path) -> None:
     (src / "rain_data_train_Heavy/norain/norain-2.png").unlink()  # rainy 2 loses its clean image
     (src / "rain_data_train_Heavy/rain/X2/norain-4x2.png").unlink()  # clean 4 loses its rainy image
     image(src / "rain_data_train_Heavy/norain/notes.png", (0, 0, 0))  # a name outside the layout
+    image(src / "rain_data_train_Heavy/rain/X2/rain-1.png", (0, 0, 0))  # a second rainy image numbered 1
     report = prepare_dataset("Rain200H", src, tmp_path / "out", progress=False)
 
     train = report.splits["train"]
     assert train.written == 2
     assert train.missing_target == ["rain_data_train_Heavy/rain/X2/norain-2x2.png"]
     assert train.missing_input == ["rain_data_train_Heavy/norain/norain-4.png"]
-    assert train.skipped == ["rain_data_train_Heavy/norain/notes.png"]
+    assert train.skipped == [
+        "rain_data_train_Heavy/norain/notes.png",
+        "rain_data_train_Heavy/rain/X2/rain-1.png (same pairing key as norain-1x2.png, which was used)",
+    ]
+    assert same_file(tmp_path / "out/train/input/1.png", src / "rain_data_train_Heavy/rain/X2/norain-1x2.png")
     assert train.missing == 2
     assert sorted(os.listdir(tmp_path / "out/train/input")) == ["1.png", "3.png"]
     text = report.format()
@@ -138,7 +144,7 @@ def test_symbolic_links_when_hard_links_fail(tmp_path: Path, monkeypatch: pytest
     def cross_device(source: object, target: object) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(prep.os, "link", cross_device)
+    monkeypatch.setattr(os, "link", cross_device)
     src = rain200_release(tmp_path / "raw", train=2, test=1)
     report = prepare_dataset("Rain200H", src, tmp_path / "out", progress=False)
     link = tmp_path / "out/train/target/2.png"
@@ -160,6 +166,8 @@ def test_refuses_a_non_empty_destination_unless_overwrite(tmp_path: Path) -> Non
     assert tuple(read_image(tmp_path / "out/train/target/1.png")[0, 0]) == (5, 5, 5)
     assert same_file(tmp_path / "out/train/target/1.png", src / "rain_data_train_Heavy/norain/norain-1.png")
     assert report.splits["train"].stale == ["old.png"]
+    # Entries are made under a temporary name and renamed; re-linking the same file must not leave it behind.
+    assert [n for side in ("input", "target") for n in os.listdir(tmp_path / f"out/train/{side}") if n[0] == "."] == []
     assert "1 older entr(ies) in the destination left in place: old.png" in report.format()
 
 
@@ -302,6 +310,7 @@ def test_unrecognised_layout_names_the_folder_and_what_was_expected(tmp_path: Pa
     assert "\n" not in message
     assert f"{tmp_path / 'raw'}: no DDN-Data layout found" in message
     assert "rain/{i}_{j}.jpg" in message and "train/input + train/target" in message
+    assert "--train-dir / --test-dir" in message
     assert not (tmp_path / "out").exists()
 
     with pytest.raises(PrepareError, match="no such folder"):
@@ -315,18 +324,144 @@ def test_folders_without_train_or_test_in_their_names(tmp_path: Path) -> None:
         prepare_dataset("Rain200H", tmp_path / "raw", tmp_path / "out", progress=False)
 
 
-def test_dataset_names_and_aliases() -> None:
-    assert resolve_name("rain200h") == "Rain200H"
-    assert resolve_name("Rain200L") == "Rain200L"
-    assert resolve_name("DID-Data") == resolve_name("did") == "DID"
-    assert resolve_name("DDN-Data") == resolve_name("rain1400") == "DDN"
-    assert resolve_name("SPA-Data") == resolve_name("spa_data") == "SPA"
-    with pytest.raises(PrepareError, match=r"unknown dataset 'Rain100X'; known datasets: Rain200L .*SPA"):
-        resolve_name("Rain100X")
+def test_unknown_dataset_name_lists_the_benchmarks(tmp_path: Path) -> None:
+    with pytest.raises(PrepareError, match=r"unknown dataset 'Rain100X'; known benchmarks: Rain200L, .*SPA"):
+        prepare_dataset("Rain100X", tmp_path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Command line
+# Finding the split folders
+
+
+def rain200_pairs(folder: Path, count: int, color: int = 0) -> None:
+    """folder/rain/X2/norain-{i}x2.png and folder/norain/norain-{i}.png for i = 1..count."""
+    for i in range(1, count + 1):
+        image(folder / "rain" / "X2" / f"norain-{i}x2.png", rainy_color(i + color))
+        image(folder / "norain" / f"norain-{i}.png", clean_color(i + color))
+
+
+def test_split_names_are_matched_as_whole_folder_names(tmp_path: Path) -> None:
+    # "latest" contains "test" and "constraint" contains "train", but neither names a split.
+    src = rain200_release(tmp_path / "raw", train=3, test=2)
+    rain200_pairs(src / "latest", 5)
+    rain200_pairs(src / "backup/constraint", 4)
+    report = prepare_dataset("Rain200H", src, tmp_path / "out", progress=False)
+    assert report.splits["train"].source == "rain_data_train_Heavy/rain/X2 + rain_data_train_Heavy/norain"
+    assert report.splits["test"].source == "rain_data_test_Heavy/rain/X2 + rain_data_test_Heavy/norain"
+    assert (report.splits["train"].written, report.splits["test"].written) == (3, 2)
+    assert report.ignored == [
+        "backup/constraint: holds rain/ and norain/ but no folder name on its path says train or test",
+        "latest: holds rain/ and norain/ but no folder name on its path says train or test",
+    ]
+    assert "  not used: latest: holds rain/ and norain/" in report.format()
+
+    # With only such folders, the split cannot be told: an error naming them, not a guess.
+    other = tmp_path / "raw2"
+    rain200_pairs(other / "latest", 1)
+    rain200_pairs(other / "constraint", 1)
+    with pytest.raises(PrepareError, match=r"found rain/ and norain/ in constraint, latest but cannot tell train"):
+        prepare_dataset("Rain200H", other, tmp_path / "out2", progress=False)
+
+
+def test_ddn_generic_split_names_inside_a_release_folder(tmp_path: Path) -> None:
+    # The mmediting copy: Rain1400/train and Rain1400/test; the innermost name decides. "Retest" is not a split.
+    src = tmp_path / "raw"
+    for folder, i in (("Rain1400/train", 1), ("Rain1400/test", 2), ("Rain1400/Retest", 3)):
+        image(src / folder / "ground_truth" / f"{i}.jpg", clean_color(i))
+        image(src / folder / "rainy_image" / f"{i}_1.jpg", rainy_color(i))
+    report = prepare_dataset("DDN", src, tmp_path / "out", progress=False)
+    assert report.splits["train"].source == "Rain1400/train/rainy_image + Rain1400/train/ground_truth"
+    assert report.splits["test"].source == "Rain1400/test/rainy_image + Rain1400/test/ground_truth"
+    assert os.listdir(tmp_path / "out/test/input") == ["2_1.jpg"]
+    assert report.ignored == ["Rain1400/Retest: passed over for Rain1400/test, whose name says test more directly"]
+
+
+def test_folders_of_another_benchmark_are_passed_over(tmp_path: Path) -> None:
+    src = tmp_path / "raw"
+    for name, color in (("Rain200H", 0), ("Rain200L", 10)):
+        rain200_pairs(src / name / "train", 2, color)
+        rain200_pairs(src / name / "test", 1, color)
+    report = prepare_dataset("Rain200L", src, tmp_path / "out", progress=False)
+    assert report.splits["train"].source == "Rain200L/train/rain/X2 + Rain200L/train/norain"
+    assert tuple(read_image(tmp_path / "out/test/target/1.png")[0, 0]) == clean_color(11)
+
+
+def test_did_test_folder_is_chosen_by_name(tmp_path: Path) -> None:
+    src = tmp_path / "DID-MDN-datasets"
+    side_by_side(src / "DID-MDN-training/Rain_Light/train2018new/1.jpg", (1, 2, 3), (4, 5, 6))
+    side_by_side(src / "DID-MDN-test/7.jpg", (1, 2, 3), (4, 5, 6))
+    side_by_side(src / "latest/8.jpg", (1, 2, 3), (4, 5, 6))  # a stray image folder, not a split
+    report = prepare_dataset("DID", src, tmp_path / "out", progress=False)
+    assert report.splits["train"].source == "DID-MDN-training/Rain_Light/train2018new"
+    assert report.splits["test"].source == "DID-MDN-test"
+    assert os.listdir(tmp_path / "out/test/input") == ["7.png"]
+    assert report.ignored == ["latest: holds side-by-side images but no folder name on its path says train or test"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --train-dir and --test-dir
+
+
+def test_train_and_test_dir_are_used_without_searching(tmp_path: Path) -> None:
+    src = tmp_path / "raw"
+    rain200_pairs(src / "rain_data_train_Heavy", 3)
+    rain200_pairs(src / "a/rain_data_test_Heavy", 1)
+    rain200_pairs(src / "b/rain_data_test_Heavy", 2)  # two test folders: searching for test is an error
+    with pytest.raises(PrepareError, match=r"several test folders holding rain/ and norain/: .*pass --test-dir"):
+        prepare_dataset("Rain200H", src, tmp_path / "out", progress=False)
+
+    mine = tmp_path / "elsewhere/my_heavy_pairs"  # any name, outside --src
+    rain200_pairs(mine, 2, color=5)
+    report = prepare_dataset(
+        "Rain200H", src, tmp_path / "out", progress=False, train_dir=mine, test_dir=src / "b/rain_data_test_Heavy"
+    )
+    assert report.splits["train"].source == f"{mine.as_posix()}/rain/X2 + {mine.as_posix()}/norain"
+    assert report.splits["test"].source == "b/rain_data_test_Heavy/rain/X2 + b/rain_data_test_Heavy/norain"
+    assert same_file(tmp_path / "out/train/target/2.png", mine / "norain/norain-2.png")
+    assert sorted(os.listdir(tmp_path / "out/test/input")) == ["1.png", "2.png"]
+
+
+def test_one_split_given_the_other_searched(tmp_path: Path) -> None:
+    # DID-Data's second test set has no known folder name; --test-dir points at it, training is still found.
+    src = tmp_path / "DID-MDN-datasets"
+    side_by_side(src / "DID-MDN-training/Rain_Heavy/train2018new/1.jpg", (1, 2, 3), (4, 5, 6))
+    side_by_side(src / "DID-MDN-test/1.jpg", (1, 2, 3), (4, 5, 6))
+    side_by_side(src / "Test_B/5.png", (7, 8, 9), (10, 11, 12))
+    report = prepare_dataset("DID", src, tmp_path / "out", progress=False, test_dir=src / "Test_B")
+    assert report.splits["train"].source == "DID-MDN-training/Rain_Heavy/train2018new"
+    assert report.splits["test"].source == "Test_B"
+    assert os.listdir(tmp_path / "out/test/target") == ["5.png"]
+    assert np.array_equal(read_image(tmp_path / "out/test/target/5.png"), np.full((16, 16, 3), (10, 11, 12), np.uint8))
+
+    # A training folder given for DID-Data may be the folder of rain levels; already-paired folders work too.
+    paired = tmp_path / "paired"
+    image(paired / "input/x.png", rainy_color(1))
+    image(paired / "target/x.png", clean_color(1))
+    report = prepare_dataset(
+        "DID", src, tmp_path / "out2", progress=False, train_dir=src / "DID-MDN-training", test_dir=paired
+    )
+    assert report.splits["train"].source == "DID-MDN-training/Rain_Heavy/train2018new"
+    assert os.listdir(tmp_path / "out2/train/input") == ["heavy_1.png"]
+    assert report.splits["test"].source == f"{paired.as_posix()}/input + {paired.as_posix()}/target"
+
+
+def test_a_given_folder_must_fit_the_layout(tmp_path: Path) -> None:
+    src = rain200_release(tmp_path / "raw", train=1, test=1)
+    image(tmp_path / "photos/1.png", (0, 0, 0))
+    with pytest.raises(PrepareError) as caught:
+        prepare_dataset("Rain200H", src, tmp_path / "out", progress=False, test_dir=tmp_path / "photos")
+    assert str(caught.value) == (
+        f"{tmp_path / 'photos'}: holds neither rain/ and norain/ nor input/ and target/; point --test-dir at the "
+        "Rain200H test folder"
+    )
+    with pytest.raises(PrepareError, match=r"absent: no such folder; --train-dir must be the folder holding"):
+        prepare_dataset("Rain200H", src, tmp_path / "out", progress=False, train_dir=tmp_path / "absent")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line and exit status
 
 
 def test_cli_arguments_and_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -334,9 +469,68 @@ def test_cli_arguments_and_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     prep.add_arguments(parser)
     src = rain200_release(tmp_path / "raw", train=1, test=1)
     args = parser.parse_args(["Rain200H", "--src", str(src), "--dst", str(tmp_path / "out"), "--no-progress"])
-    assert (args.copy, args.overwrite) == (False, False)
-    assert prep.run(args) == 0
-    out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["dataset", "split", "written", "expected", "missing", "status"]
-    assert "Rain200H  test         1       200        0  CHECK" in out
+    assert (args.copy, args.overwrite, args.train_dir, args.test_dir) == (False, False, None, None)
+    assert prep.run(args) == 1  # 1 of 1800 and 1 of 200: the report is printed, the status says check it
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0].split() == ["dataset", "split", "written", "expected", "missing", "status"]
+    assert "Rain200H  test         1       200        0  CHECK" in captured.out
+    assert "check train (CHECK), test (CHECK)" in captured.err
     assert (tmp_path / "out/test/target/1.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def full_rain200l(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Rain200L release with the published 1800 + 200 pairs (tiny images, one encoded file written 4000 times)."""
+    root = tmp_path_factory.mktemp("full")
+    data = image(root / "seed.png", (1, 2, 3)).read_bytes()
+    for split, count in (("train", 1800), ("test", 200)):
+        folder = root / "raw" / f"rain_data_{split}_Light"
+        (folder / "rain/X2").mkdir(parents=True)
+        (folder / "norain").mkdir()
+        for i in range(1, count + 1):
+            (folder / f"rain/X2/norain-{i}x2.png").write_bytes(data)
+            (folder / f"norain/norain-{i}.png").write_bytes(data)
+    return root / "raw"
+
+
+def test_exit_status_is_zero_only_when_every_split_is_ok(
+    tmp_path: Path, full_rain200l: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["prepare", "rain200l", "--src", str(full_rain200l), "--dst", str(out), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["Rain200L", "train", "1800", "1800", "0", "ok"]
+    assert lines[2].split() == ["Rain200L", "test", "200", "200", "0", "ok"]
+
+    # The test split not found: the training split is still written and reported, the status is 1.
+    train_only = tmp_path / "train_only"
+    train_only.mkdir()
+    (train_only / "rain_data_train_Light").symlink_to(full_rain200l / "rain_data_train_Light")
+    argv = ["prepare", "Rain200L", "--src", str(train_only), "--dst", str(tmp_path / "out2"), "--no-progress"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "Rain200L  test         0       200        0  not found" in captured.out
+    assert "test: no test folder found in the source" in captured.out
+    assert "check test (not found)" in captured.err
+    assert len(os.listdir(tmp_path / "out2/train/target")) == 1800
+
+    # A missing counterpart: status 1 as well.
+    given = ["--train-dir", str(full_rain200l / "rain_data_train_Light"), "--test-dir", str(tmp_path / "test")]
+    rain200_pairs(tmp_path / "test", 200)
+    (tmp_path / "test/norain/norain-7.png").unlink()
+    argv = ["prepare", "Rain200L", "--src", str(tmp_path), "--dst", str(tmp_path / "out3"), "--no-progress", *given]
+    assert main(argv) == 1
+    assert "Rain200L  test       199       200        1  CHECK" in capsys.readouterr().out
+
+
+def test_cli_errors_and_default_destination(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["prepare", "Rain100X", "--src", str(tmp_path)]) == 2
+    assert "drsformer prepare: error: unknown dataset 'Rain100X'; known benchmarks:" in capsys.readouterr().err
+
+    src = rain200_release(tmp_path / "raw", train=1, test=1)
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", "rain_200_heavy", "--src", "raw", "--no-progress"]) == 1
+    assert (tmp_path / "datasets/Rain200H/train/input/1.png").is_file()  # NAME's canonical spelling
+    assert same_file(tmp_path / "datasets/Rain200H/test/target/1.png", src / "rain_data_test_Heavy/norain/norain-1.png")
