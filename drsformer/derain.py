@@ -30,6 +30,7 @@ from .errors import ConfigError, ImageReadError, ImageWriteError, MissingPathErr
 from .inference import (
     PRECISIONS,
     InferenceSettings,
+    default_batch,
     default_device,
     image_to_tensor,
     pick_tile,
@@ -123,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "memory, 256 on CPU",
     )
     parser.add_argument("--tile-overlap", type=int, default=32, help="overlap of neighbouring tiles (32)")
-    parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass (4)")
+    parser.add_argument("--batch", type=int, default=None, help="tiles per forward pass (4 on CUDA, 1 on CPU)")
     parser.add_argument("--self-ensemble", action="store_true", help="average the 8 flips and rotations (8x slower)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="autocast precision")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -146,13 +147,14 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: PyTorch sees no CUDA GPU; use --device cpu")
-    InferenceSettings(args.precision, None, args.tile_overlap, args.batch, args.self_ensemble).check()
+    batch = default_batch(device) if args.batch is None else args.batch
+    InferenceSettings(args.precision, None, args.tile_overlap, batch, args.self_ensemble).check()
     model = from_checkpoint(args.weights, key=args.params_key).eval().to(device)
     tile = args.tile
     if tile == "auto":
-        tile, reason = pick_tile(model, device, args.precision, args.batch)
+        tile, reason = pick_tile(model, device, args.precision, batch)
         print(f"--tile auto: {reason}", file=sys.stderr)
-    settings = InferenceSettings(args.precision, tile or None, args.tile_overlap, args.batch, args.self_ensemble)
+    settings = InferenceSettings(args.precision, tile or None, args.tile_overlap, batch, args.self_ensemble)
     settings.check()
     print(f"{len(files)} images, device {device}, {settings.describe()}", file=sys.stderr)
 

@@ -280,6 +280,12 @@ def pick_tile(model: nn.Module, device: torch.device | str, precision: str = "fp
     return tile, reason
 
 
+def default_batch(device: torch.device | str) -> int:
+    """Tiles per forward pass by default: 4 on CUDA (better use of the GPU), 1 on CPU (no faster in batches, and
+    each 256 x 256 tile of the full model needs about 1 GB of activations)."""
+    return 4 if torch.device(device).type == "cuda" else 1
+
+
 def default_device() -> str:
     """``cuda`` when a GPU is usable, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -34,7 +34,15 @@ from . import benchmarks
 from .benchmarks import Benchmark
 from .data.io import list_images, match_files, read_image, to_uint8, write_image
 from .errors import ConfigError, EvaluationError, ImageReadError, ImageWriteError, MissingPathError
-from .inference import PRECISIONS, InferenceSettings, default_device, image_to_tensor, restore, tensor_to_image
+from .inference import (
+    PRECISIONS,
+    InferenceSettings,
+    default_batch,
+    default_device,
+    image_to_tensor,
+    restore,
+    tensor_to_image,
+)
 from .metrics.matlab import PROTOCOLS, evaluate_pair
 from .registry import suggest
 
@@ -51,7 +59,7 @@ TOP_KEYS: dict[str, tuple[type | None, ...]] = {
     "self_ensemble": (bool,),
     "tile": (int, None),
     "tile_overlap": (int,),
-    "batch": (int,),
+    "batch": (int, None),
     "datasets": (dict,),
 }
 DATASET_KEYS: dict[str, tuple[type | None, ...]] = {
@@ -67,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "self_ensemble": False,
     "tile": None,
     "tile_overlap": 32,
-    "batch": 4,
+    "batch": None,  # 4 on CUDA, 1 on CPU
 }
 
 
@@ -398,7 +406,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=list(PRECISIONS), default=None, help="autocast precision (fp32)")
     parser.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: whole images)")
     parser.add_argument("--tile-overlap", type=int, default=None, help="overlap of neighbouring tiles (32)")
-    parser.add_argument("--batch", type=int, default=None, help="tiles per forward pass when tiling (4)")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="tiles per forward pass when tiling (4 on CUDA, 1 on CPU)"
+    )
     parser.add_argument(
         "--self-ensemble", action="store_true", default=None, help="average the 8 flips and rotations (8x slower)"
     )
@@ -407,14 +417,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     jobs, options = plan_from_args(args)
-    settings = InferenceSettings(
-        options["precision"],
-        options["tile"] or None,
-        options["tile_overlap"],
-        options["batch"],
-        options["self_ensemble"],
-    ).check()
     device = _device(options.get("device"))
+    batch = default_batch(device) if options["batch"] is None else options["batch"]
+    settings = InferenceSettings(
+        options["precision"], options["tile"] or None, options["tile_overlap"], batch, options["self_ensemble"]
+    ).check()
     for job in jobs:  # every folder and pairing first, then every checkpoint: fail before any image runs
         check_folders(job)
     models = load_models(jobs)

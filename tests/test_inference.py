@@ -1,0 +1,174 @@
+"""The shared inference function: tiling and its blending, self-ensemble, precision, uint8/uint16 conversion."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY
+from skimage import img_as_ubyte
+from torch import nn
+
+from drsformer.archs import DRSformer
+from drsformer.errors import ConfigError
+from drsformer.inference import (
+    CPU_DEFAULT_TILE,
+    blend_weights,
+    image_to_tensor,
+    pick_tile,
+    restore,
+    tensor_to_image,
+    tile_starts,
+)
+
+
+def local_net(seed: int = 0) -> nn.Module:
+    """A purely local model: two 3x3 convolutions, so each output pixel sees 2 pixels around it."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.GELU(), nn.Conv2d(6, 3, 3, padding=1), nn.Sigmoid()).eval()
+
+
+class SymmetricNet(nn.Module):
+    """Convolutions whose kernels are invariant to the 8 flips/rotations: the model commutes with all of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(5, 3, 3, padding=1)
+        with torch.no_grad():
+            for conv in (self.a, self.b):
+                w = conv.weight
+                views = [torch.rot90(v, k, (-2, -1)) for v in (w, w.flip(-1)) for k in range(4)]
+                conv.weight.copy_(torch.stack(views).mean(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.b(torch.relu(self.a(x))))
+
+
+@pytest.mark.parametrize(
+    "shape, tile, overlap, batch",
+    [
+        ((1, 3, 61, 83), 24, 8, 3),  # odd sizes, tiles that do not divide the image
+        ((2, 3, 45, 100), 32, 16, 4),  # two images, one row of tiles per image is not enough
+        ((1, 3, 20, 90), 32, 12, 1),  # image shorter than a tile in one direction
+        ((1, 3, 50, 50), 40, 20, 2),  # the last tile overlaps its neighbour by much more than the overlap
+    ],
+)
+def test_tiled_equals_untiled_for_a_local_model(shape, tile: int, overlap: int, batch: int) -> None:
+    net, image = local_net(), torch.rand(shape)
+    whole = restore(net, image)
+    tiled = restore(net, image, tile=tile, tile_overlap=overlap, batch=batch)
+    assert tiled.shape == image.shape and tiled.dtype == torch.float32
+    assert (tiled - whole).abs().max().item() < 1e-5
+
+
+def test_blending_ignores_pixels_next_to_inner_tile_edges() -> None:
+    # Overlap 4 leaves a 1-pixel zero-weight margin: the model sees 2 pixels, so the tile border shows through.
+    net, image = local_net(), torch.rand(1, 3, 40, 40)
+    whole = restore(net, image)
+    assert (restore(net, image, tile=16, tile_overlap=4) - whole).abs().max().item() > 1e-3
+    assert (restore(net, image, tile=16, tile_overlap=8) - whole).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("length", [1, 7, 32, 33, 64, 100, 257])
+@pytest.mark.parametrize("tile, overlap", [(32, 8), (32, 16), (48, 0)])
+def test_tiles_cover_the_image_with_at_least_the_overlap(length: int, tile: int, overlap: int) -> None:
+    starts = tile_starts(length, tile, overlap)
+    size = min(tile, length)
+    assert starts[0] == 0 and starts[-1] + size == length and starts == sorted(set(starts))
+    for a, b in zip(starts, starts[1:], strict=False):
+        assert a + size - b >= overlap  # neighbours overlap at least this much
+
+
+def test_blend_weights_ramp_and_borders() -> None:
+    w = blend_weights(32, 16, first=False, last=False)
+    assert torch.all(w[:4] == 0) and torch.all(w[-4:] == 0)  # the outer quarter of the overlap
+    assert torch.all(w[16:-16] == 1) and torch.all(torch.diff(w[:16]) >= 0)
+    # Two neighbours overlapping by exactly the overlap: the ramps add up to 1 (sin^2 + cos^2).
+    total = w[16:] + blend_weights(32, 16, first=False, last=False)[:16]
+    assert torch.allclose(total, torch.ones(16), atol=1e-6)
+    assert torch.all(blend_weights(32, 16, first=True, last=True) == 1)
+
+
+def test_tiny_drsformer_tiled_odd_sizes() -> None:
+    """DRSformer's attention and MEFC pooling are global over a tile, so tiles legitimately change the output a
+    little; here only shapes, range and closeness are checked (the measured gap is in scripts/bench_tiling.py)."""
+    model = DRSformer(**TINY).eval()
+    image = torch.rand(1, 3, 45, 71)
+    whole = restore(model, image)
+    tiled = restore(model, image, tile=32, tile_overlap=8, batch=3)
+    assert tiled.shape == image.shape and torch.isfinite(tiled).all()
+    assert 0 <= tiled.min() and tiled.max() <= 1
+    assert (tiled - whole).abs().mean().item() < 0.05
+
+
+def test_self_ensemble_of_an_equivariant_model_is_its_plain_output() -> None:
+    torch.manual_seed(1)
+    net, image = SymmetricNet().eval(), torch.rand(1, 3, 23, 30)
+    plain = restore(net, image)
+    assert (restore(net, image, self_ensemble=True) - plain).abs().max().item() < 1e-6
+    # ...also tile by tile (non-square tiles are rotated into transposed shapes)
+    tiled = restore(net, image, self_ensemble=True, tile=16, tile_overlap=8, batch=2)
+    assert (tiled - plain).abs().max().item() < 1e-5
+
+
+def test_self_ensemble_averages_the_eight_flips_and_rotations() -> None:
+    net, image = local_net(3), torch.rand(1, 3, 20, 26)
+    outputs = []
+    with torch.no_grad():
+        for flip in (False, True):
+            x = image.flip(-1) if flip else image
+            for k in range(4):
+                y = torch.rot90(net(torch.rot90(x, k, (-2, -1))), -k, (-2, -1))
+                outputs.append(y.flip(-1) if flip else y)
+    expected = torch.stack(outputs).mean(0)
+    got = restore(net, image, self_ensemble=True)
+    assert (got - expected).abs().max().item() < 1e-6
+    assert (got - restore(net, image)).abs().max().item() > 1e-3  # this model is not symmetric
+
+
+def test_output_equals_the_authors_test_procedure() -> None:
+    """Reflect-pad to a multiple of 8, run, clamp, crop, img_as_ubyte: what the authors' test script does."""
+    model = DRSformer(**TINY).eval()
+    image = torch.rand(1, 3, 37, 45)
+    ours = tensor_to_image(restore(model, image))
+    with torch.no_grad():
+        padded = F.pad(image, (0, 48 - 45, 0, 40 - 37), mode="reflect")
+        out = torch.clamp(model(padded), 0, 1)[:, :, :37, :45]
+    theirs = img_as_ubyte(out[0].permute(1, 2, 0).numpy())
+    assert ours.shape == theirs.shape == (37, 45, 3) and ours.dtype == np.uint8
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+    assert np.mean(ours == theirs) > 0.999
+
+
+def test_reduced_precision_returns_float32_close_to_fp32() -> None:
+    model = DRSformer(**TINY).eval()
+    image = torch.rand(1, 3, 24, 32)
+    fp32 = restore(model, image, "fp32")
+    bf16 = restore(model, image, precision="bf16")
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    assert (bf16 - fp32).abs().mean().item() < 0.02
+
+
+def test_settings_that_cannot_work_are_config_errors() -> None:
+    net, image = local_net(), torch.rand(1, 3, 16, 16)
+    with pytest.raises(ConfigError, match="--tile must be at least 8"):
+        restore(net, image, tile=4)
+    with pytest.raises(ConfigError, match=r"--tile-overlap must be between 0 and half the tile \(16\)"):
+        restore(net, image, tile=32, tile_overlap=20)
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
+        restore(net, image, precision="fp8")
+    with pytest.raises(ConfigError, match="--batch must be at least 1"):
+        restore(net, image, tile=8, batch=0)
+
+
+def test_uint_conversions_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    for dtype, peak in ((np.uint8, 255), (np.uint16, 65535)):
+        image = rng.integers(0, peak + 1, (5, 7, 3)).astype(dtype)
+        tensor = image_to_tensor(image)
+        assert tensor.shape == (1, 3, 5, 7) and tensor.dtype == torch.float32
+        assert np.array_equal(tensor_to_image(tensor, dtype), image)
+
+
+def test_auto_tile_on_cpu_is_the_default() -> None:
+    tile, reason = pick_tile(local_net(), "cpu")
+    assert tile == CPU_DEFAULT_TILE and "cpu" in reason

@@ -1,0 +1,234 @@
+"""drsformer test: saved images, scores equal to drsformer evaluate, options files, errors before any image runs;
+and the skimage protocol it offers."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from conftest import TINY
+from skimage import img_as_ubyte
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from drsformer import benchmarks
+from drsformer.archs import DRSformer
+from drsformer.cli import main
+from drsformer.data.io import read_image, write_image
+from drsformer.errors import ConfigError
+from drsformer.metrics.matlab import evaluate_pair, rgb_to_y
+from drsformer.metrics.skimage_protocol import luma
+from drsformer.test import load_options
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = [(37, 45), (24, 33), (40, 40)]  # odd sizes: the model pads to 40 x 48, 24 x 40
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.save({"params": DRSformer(**TINY).state_dict()}, path)
+    return path
+
+
+def make_set(root: Path, sizes=SIZES, seed: int = 0) -> Path:
+    """input/ and target/ with equal names: a clean image and a noisier copy as the rainy one."""
+    rng = np.random.default_rng(seed)
+    for i, (h, w) in enumerate(sizes):
+        clean = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        rainy = np.clip(clean.astype(int) + rng.integers(0, 60, clean.shape), 0, 255).astype(np.uint8)
+        write_image(root / "target" / f"im{i}.png", clean)
+        write_image(root / "input" / f"im{i}.png", rainy)
+    return root
+
+
+def authors_procedure(model: torch.nn.Module, rainy: np.ndarray) -> np.ndarray:
+    """Pad to a multiple of 8 by reflection, run, clamp, crop, img_as_ubyte, written out by hand."""
+    x = torch.from_numpy(rainy).permute(2, 0, 1)[None].float() / 255
+    h, w = rainy.shape[:2]
+    with torch.no_grad():
+        out = model(F.pad(x, (0, -w % 8, 0, -h % 8), mode="reflect"))
+    return img_as_ubyte(torch.clamp(out, 0, 1)[0, :, :h, :w].permute(1, 2, 0).numpy())
+
+
+def test_saved_images_and_scores_equal_evaluate(tmp_path, weights, capsys) -> None:
+    data, out, report = make_set(tmp_path / "Rain200H"), tmp_path / "results", tmp_path / "r.json"
+    argv = ["test", "--weights", str(weights), "--data", f"Rain200H={data}", "--out", str(out), "--json", str(report)]
+    assert main([*argv, "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "| dataset | protocol | images | PSNR | SSIM | seconds | images/s | paper PSNR |" in table
+    assert "| Rain200H | restormer | 3 | " in table and "| 32.17 | 0.9326 |" in table
+
+    result = json.loads(report.read_text())
+    assert result["weights"] == str(weights)
+    (entry,) = result["datasets"]
+    assert {"name", "protocol", "count", "psnr", "ssim", "seconds", "images"} <= set(entry)
+    assert (entry["name"], entry["protocol"], entry["count"]) == ("Rain200H", "restormer", 3)
+
+    # drsformer evaluate on the saved images gives the same numbers
+    scores = tmp_path / "evaluate.json"
+    evaluate = ["evaluate", "--restored", str(out / "Rain200H"), "--gt", str(data / "target"), "--dataset", "Rain200H"]
+    assert main([*evaluate, "--json", str(scores), "--workers", "1", "--quiet"]) == 0
+    evaluated = json.loads(scores.read_text())
+    assert entry["psnr"] == pytest.approx(evaluated["psnr"], abs=1e-12)
+    assert entry["ssim"] == pytest.approx(evaluated["ssim"], abs=1e-12)
+    by_name = {i["name"]: i for i in evaluated["images"]}
+    for image in entry["images"]:
+        assert image["psnr"] == pytest.approx(by_name[image["name"]]["psnr"], abs=1e-12)
+        assert image["ssim"] == pytest.approx(by_name[image["name"]]["ssim"], abs=1e-12)
+
+    # the saved images are the authors' procedure on the same weights
+    model = DRSformer(**TINY)
+    model.load_state_dict(torch.load(weights, weights_only=True)["params"])
+    model.eval()
+    for i, (h, w) in enumerate(SIZES):
+        saved = read_image(out / "Rain200H" / f"im{i}.png")
+        expected = authors_procedure(model, read_image(data / "input" / f"im{i}.png"))
+        assert saved.shape == (h, w, 3)
+        assert np.abs(saved.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_protocol_follows_the_name_unless_given(tmp_path, weights) -> None:
+    data = make_set(tmp_path / "set", sizes=[(24, 24)])
+    report = tmp_path / "r.json"
+    argv = ["test", "--weights", str(weights), "--data", f"ddn-data={data}", "--data", f"Rain200L={data}"]
+    assert main([*argv, "--out", str(tmp_path / "o"), "--json", str(report), "--quiet"]) == 0
+    names = [(d["name"], d["protocol"]) for d in json.loads(report.read_text())["datasets"]]
+    assert names == [("DDN", "rcdnet"), ("Rain200L", "restormer")]  # catalogue names and protocols
+    assert (tmp_path / "o" / "DDN" / "im0.png").is_file()
+
+    argv = ["test", "--weights", str(weights), "--data", f"mine={data}", "--protocol", "skimage"]
+    assert main([*argv, "--out", str(tmp_path / "o"), "--json", str(report), "--quiet"]) == 0
+    (entry,) = json.loads(report.read_text())["datasets"]
+    restored, target = read_image(tmp_path / "o" / "mine" / "im0.png"), read_image(data / "target" / "im0.png")
+    assert entry["protocol"] == "skimage" and entry["psnr"] == evaluate_pair(restored, target, "skimage").psnr
+
+
+def test_corrupt_image_is_skipped_and_reported(tmp_path, weights, capsys) -> None:
+    data = make_set(tmp_path / "set", sizes=[(24, 24), (24, 32)])
+    (data / "input" / "im1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    report = tmp_path / "r.json"
+    argv = ["test", "--weights", str(weights), "--data", f"SPA={data}", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--json", str(report), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "| SPA | restormer | 1 (1 failed) |" in captured.out  # the table of what did run
+    assert "im1.png: cannot decode image" in captured.err and "1 image(s) could not be processed: SPA/im1.png" in (
+        captured.err
+    )
+    (entry,) = json.loads(report.read_text())["datasets"]
+    assert entry["count"] == 1 and [f["name"] for f in entry["failed"]] == ["im1.png"]
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("drsformer test: error:") and "\n" not in err
+    return err
+
+
+def test_errors_come_before_any_image(tmp_path, weights, capsys) -> None:
+    data = make_set(tmp_path / "set", sizes=[(24, 24)])
+    out = ["--out", str(tmp_path / "o")]
+    err = _error(capsys, ["test", "--weights", str(tmp_path / "none.pth"), "--data", f"DID={data}", *out])
+    assert "none.pth: no such checkpoint" in err
+    err = _error(capsys, ["test", "--weights", str(weights), "--data", f"Rain300={data}", *out])
+    assert "unknown dataset name 'Rain300'" in err and "Rain200L, Rain200H, DID (DID-Data)" in err
+    assert "--protocol restormer|rcdnet|skimage" in err
+    err = _error(capsys, ["test", "--weights", str(weights), "--data", str(data), *out])
+    assert "expected NAME=DIR" in err
+    err = _error(capsys, ["test", "--weights", str(weights), "--data", f"DID={tmp_path / 'nowhere'}", *out])
+    assert "nowhere: no such folder for dataset DID" in err
+    (tmp_path / "empty" / "input").mkdir(parents=True)
+    (tmp_path / "empty" / "target").mkdir()
+    err = _error(capsys, ["test", "--weights", str(weights), "--data", f"DID={tmp_path / 'empty'}", *out])
+    assert "empty/input: holds no images" in err
+    (data / "target" / "im0.png").rename(data / "target" / "other.png")
+    err = _error(capsys, ["test", "--weights", str(weights), "--data", f"DID={data}", *out])
+    assert "1 input images in" in err and "have no target image: im0.png" in err
+    # a good set before a bad one: nothing ran
+    good = make_set(tmp_path / "good", sizes=[(24, 24)])
+    _error(capsys, ["test", "--weights", str(weights), "--data", f"DID={good}", "--data", f"DDN={data}", *out])
+    assert not (tmp_path / "o").exists()
+
+
+def test_options_file_with_per_dataset_weights_through_python_m(tmp_path, weights) -> None:
+    data = make_set(tmp_path / "set", sizes=[(24, 24)])
+    options = {
+        "out": "res",
+        "json": "res/scores.json",
+        "datasets": {"Rain200H": {"path": str(data), "weights": str(weights)}, "mine": str(data)},
+        "protocol": "rcdnet",
+        "weights": str(weights),
+    }
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(options, sort_keys=False))
+    command = [sys.executable, "-m", "drsformer.test", "-opt", "t.yml", "--quiet"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "| Rain200H | rcdnet | 1 |" in result.stdout and "| mine | rcdnet | 1 |" in result.stdout
+    report = json.loads((tmp_path / "res" / "scores.json").read_text())  # paths relative to the current folder
+    assert [d["name"] for d in report["datasets"]] == ["Rain200H", "mine"]
+
+
+def test_options_file_keys_are_checked(tmp_path) -> None:
+    path = tmp_path / "t.yml"
+    path.write_text("weigths: a.pth\ndatasets: {DID: d}\n")
+    with pytest.raises(ConfigError, match=r"t.yml: unknown key 'weigths'; did you mean weights\?"):
+        load_options(path)
+    path.write_text("datasets:\n  DID:\n    paht: d\n")
+    with pytest.raises(ConfigError, match=r"t.yml: datasets.DID: unknown key 'paht'; did you mean path\?"):
+        load_options(path)
+    path.write_text("tile: yes\ndatasets: {DID: d}\n")
+    with pytest.raises(ConfigError, match=r"tile: expected int or null, got bool True"):
+        load_options(path)
+
+
+@pytest.mark.parametrize("bench", list(benchmarks.BENCHMARKS.values()), ids=lambda b: b.name)
+def test_shipped_options_files_name_the_catalogue_paths(bench) -> None:
+    options = load_options(REPO / "options" / "test" / f"{bench.name}.yml")
+    assert options["weights"] == bench.checkpoint
+    assert options["datasets"] == {bench.name: {"path": f"datasets/{bench.name}/test"}}
+    table1 = load_options(REPO / "options" / "test" / "all.yml")["datasets"]
+    assert table1[bench.name] == {"path": f"datasets/{bench.name}/test", "weights": bench.checkpoint}
+
+
+def test_table1_run_without_data_names_the_missing_folder(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    err = _error(capsys, ["test", "-opt", str(REPO / "options" / "test" / "all.yml")])
+    assert "datasets/Rain200L/test: no such folder for dataset Rain200L (prepare it with: drsformer prepare" in err
+
+
+def test_skimage_protocol_is_skimage_metrics_on_float_y() -> None:
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    restored = np.clip(target.astype(int) + rng.integers(-12, 13, target.shape), 0, 255).astype(np.uint8)
+    # BT.601 studio-swing Y, unrounded, written out
+    y = lambda im: 16 + im.astype(np.float64) @ np.array([65.481, 128.553, 24.966]) / 255  # noqa: E731
+    assert np.abs(luma(target) - y(target)).max() < 1e-10
+    assert np.abs(luma(target) - rgb_to_y(target, rounded=False)).max() < 1e-10
+    score = evaluate_pair(restored, target, "skimage")
+    assert score.psnr == pytest.approx(peak_signal_noise_ratio(y(target), y(restored), data_range=255), abs=1e-9)
+    ssim = structural_similarity(
+        y(target), y(restored), data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+    assert score.ssim == pytest.approx(ssim, abs=1e-12)
+    assert evaluate_pair(target, target, "skimage").psnr == float("inf")
+    # Same Y as rcdnet; reflect-filter-then-crop equals MATLAB's 'valid' filtering, so below 384 pixels (where
+    # rcdnet does not downsample) the two protocols agree, and the uint8 Y of restormer makes it differ.
+    rcdnet, restormer = evaluate_pair(restored, target, "rcdnet"), evaluate_pair(restored, target, "restormer")
+    assert score.psnr == pytest.approx(rcdnet.psnr, abs=1e-9) and score.ssim == pytest.approx(rcdnet.ssim, abs=1e-12)
+    assert abs(score.psnr - restormer.psnr) > 1e-3
+    big = np.kron(target, np.ones((14, 10, 1), np.uint8))  # 420 x 410: rcdnet downsamples by 2, skimage does not
+    noisy = np.clip(big.astype(int) + rng.integers(-12, 13, big.shape), 0, 255).astype(np.uint8)
+    assert abs(evaluate_pair(noisy, big, "skimage").ssim - evaluate_pair(noisy, big, "rcdnet").ssim) > 1e-3
+
+
+def test_evaluate_command_offers_skimage(tmp_path, capsys) -> None:
+    data = make_set(tmp_path / "set", sizes=[(24, 30), (31, 24)])
+    argv = ["evaluate", "--restored", str(data / "input"), "--gt", str(data / "target"), "--protocol", "skimage"]
+    assert main([*argv, "--workers", "1", "--quiet"]) == 0
+    assert "images: 2 pairs, skimage protocol" in capsys.readouterr().out
