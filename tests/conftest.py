@@ -18,3 +18,17 @@ def _seed() -> None:
 
 def load_reference(name: str) -> dict:
     return torch.load(DATA / f"{name}.pt", weights_only=True)
+
+
+def make_pairs(root: Path, n: int = 6, size: tuple[int, int] = (32, 40), seed: int = 0, offset: int = 40) -> Path:
+    """``root/input`` and ``root/target`` PNG pairs: random clean images, inputs brighter by ``offset``."""
+    import numpy as np
+
+    from drsformer.data.io import write_image
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        gt = rng.integers(0, 256 - offset, (*size, 3), dtype=np.uint8)
+        write_image(root / "target" / f"{i}.png", gt)
+        write_image(root / "input" / f"{i}.png", gt + np.uint8(offset))
+    return root

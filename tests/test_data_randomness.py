@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from drsformer.data import PairedImageDataset, ProgressiveBatchSampler, progressive_schedule
 from drsformer.data.io import write_image
 from drsformer.data.paired import SkippedFiles
-from drsformer.data.sampler import sample_seed
+from drsformer.data.sampler import check_resume_position, sample_seed
 from drsformer.errors import ConfigError
 
 
@@ -62,9 +62,9 @@ def test_a_position_from_another_world_size_is_refused(tmp_path) -> None:
     stages = progressive_schedule([2], [16], [10])
     saved = ProgressiveBatchSampler(list(range(8)), stages, world_size=2).position(4)
     assert saved == {"iteration": 4, "epoch": 1, "world_size": 2}
-    ProgressiveBatchSampler(list(range(8)), stages, world_size=2).check_position(saved)
+    check_resume_position(saved, 2)
     with pytest.raises(ConfigError, match="saved by a run on 2 process.* this run has 4"):
-        ProgressiveBatchSampler(list(range(8)), stages, world_size=4).check_position(saved)
+        check_resume_position(saved, 4)
 
 
 def test_corrupt_files_found_by_workers_reach_the_main_process_once(tmp_path) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from ..registry import ARCH_REGISTRY, check_kwargs
@@ -115,7 +116,11 @@ class MixedScaleFeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Sparse Transformer block: ``x + TKSA(LN(x))`` then ``x + MSFN(LN(x))``."""
+    """Sparse Transformer block: ``x + TKSA(LN(x))`` then ``x + MSFN(LN(x))``.
+
+    With ``checkpointing`` set (see :meth:`DRSformer.set_activation_checkpointing`), training keeps only the
+    block's input and recomputes the rest during the backward pass.
+    """
 
     def __init__(
         self, dim: int, num_heads: int, ffn_expansion_factor: float, bias: bool, LayerNorm_type: str, impl: str
@@ -125,10 +130,16 @@ class TransformerBlock(nn.Module):
         self.attn = TopKSparseAttention(dim, num_heads, bias, impl)
         self.norm2 = LayerNorm(dim, LayerNorm_type, impl)
         self.ffn = MixedScaleFeedForward(dim, ffn_expansion_factor, bias, impl)
+        self.checkpointing = False
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _body(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.ffn(self.norm2(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._body, x, use_reentrant=False)
+        return self._body(x)
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -251,6 +262,13 @@ class DRSformer(nn.Module):
         for module in self.modules():
             if isinstance(module, selected):
                 module.impl = impl
+        return self
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> DRSformer:
+        """Recompute each Transformer block in the backward pass instead of storing its activations."""
+        for module in self.modules():
+            if isinstance(module, TransformerBlock):
+                module.checkpointing = enabled
         return self
 
     def forward_features(self, x: Tensor) -> Tensor:

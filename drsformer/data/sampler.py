@@ -11,7 +11,7 @@ run, a run with more DataLoader workers and a run on another rank each draw exac
 The wrapped index sampler is consumed as an endless stream across epochs (``set_epoch`` is called at each
 wrap, so a ``DistributedSampler`` reshuffles its shard), and a run resumed at iteration ``i`` continues the
 exact index stream it would have seen. The index stream depends on the number of ranks (each rank reads its
-shard), so a position saved with one world size is refused with another (:meth:`check_position`).
+shard), so a position saved with one world size is refused with another (:func:`check_resume_position`).
 """
 
 from __future__ import annotations
@@ -63,6 +63,17 @@ def progressive_schedule(mini_batch_sizes: Sequence[int], gt_sizes: Sequence[int
         if min(stage.iters, stage.batch_size, stage.patch_size) < 1:
             raise ConfigError(f"progressive stage {stage} has a non-positive entry")
     return stages
+
+
+def check_resume_position(position: dict[str, Any], world_size: int, source: str = "the training state") -> None:
+    """Refuses a position saved with another number of ranks: its data order cannot be continued exactly."""
+    saved = position.get("world_size", 1)
+    if saved != world_size:
+        raise ConfigError(
+            f"{source} was saved by a run on {saved} process(es) and this run has {world_size}; the data order "
+            f"of a resumed run depends on the number of processes, so resume with {saved} (torchrun "
+            "--nproc_per_node), or start a new run from its weights with path.pretrain_network_g"
+        )
 
 
 class ProgressiveBatchSampler(Sampler[list[SampleKey]]):
@@ -117,17 +128,6 @@ class ProgressiveBatchSampler(Sampler[list[SampleKey]]):
     def position(self, iteration: int) -> dict[str, Any]:
         """What a training state records to resume at 0-based ``iteration``."""
         return {"iteration": iteration, "epoch": self.epoch_at(iteration), "world_size": self.world_size}
-
-    def check_position(self, position: dict[str, Any]) -> None:
-        """Refuses a position saved with another number of ranks: its data order cannot be continued exactly."""
-        saved = position.get("world_size", 1)
-        if saved != self.world_size:
-            raise ConfigError(
-                f"the training state was saved by a run on {saved} process(es) and this run has {self.world_size}; "
-                "the data order of a resumed run depends on the number of processes, so resume with "
-                f"{saved} (torchrun --nproc_per_node), or start a new run from its weights with "
-                "path.pretrain_network_g"
-            )
 
     def _index_stream(self) -> Iterator[int]:
         per_epoch = len(self.sampler)  # type: ignore[arg-type]

@@ -1,0 +1,159 @@
+"""Run-folder files: weights in the published format, training states, atomic writes, retention, resume.
+
+``models/net_g_<iter>.pth`` and ``models/net_g_latest.pth`` are ``{'params': ..., 'params_ema': ...}``
+(``params_ema`` only with EMA), loadable by :func:`drsformer.archs.from_checkpoint`.
+``training_states/<iter>.state`` holds everything a resume needs. Every file is written to a temporary name
+in its folder, synced, and renamed, so a killed run leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..archs.checkpoint import read_checkpoint
+from ..errors import CheckpointError
+
+STATE_SUFFIX = ".state"
+_NUMBERED_WEIGHTS = re.compile(r"net_g_(\d+)\.pth$")
+_NUMBERED_STATE = re.compile(r"(\d+)\.state$")
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through a temporary file, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Points ``target`` at ``source``'s content atomically (a hard link when possible, else a copy)."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def save_weights(
+    models_dir: Path, iteration: int, params: dict[str, torch.Tensor], params_ema: dict[str, torch.Tensor] | None
+) -> Path:
+    """Writes ``net_g_<iteration>.pth`` and points ``net_g_latest.pth`` at it."""
+    payload = {"params": cpu_state(params)}
+    if params_ema is not None:
+        payload["params_ema"] = cpu_state(params_ema)
+    path = models_dir / f"net_g_{iteration}.pth"
+    save_atomic(payload, path)
+    _link_or_copy(path, models_dir / "net_g_latest.pth")
+    return path
+
+
+def save_best(models_dir: Path, source: Path) -> None:
+    _link_or_copy(source, models_dir / "net_g_best.pth")
+
+
+def prune(folder: Path, pattern: re.Pattern[str], keep: int) -> list[Path]:
+    """Deletes all but the ``keep`` highest-numbered files matching ``pattern``; returns the deleted ones."""
+    numbered = sorted(
+        ((int(m.group(1)), p) for p in folder.glob("*") if (m := pattern.fullmatch(p.name))), key=lambda t: t[0]
+    )
+    doomed = [p for _, p in numbered[: max(0, len(numbered) - keep)]]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
+
+
+def prune_run(run_dir: Path, keep: int) -> None:
+    """Keeps the newest ``keep`` periodic weights and states (``latest`` and ``best`` are separate files)."""
+    prune(run_dir / "models", _NUMBERED_WEIGHTS, keep)
+    prune(run_dir / "training_states", _NUMBERED_STATE, keep)
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy, torch and CUDA generator states, in types ``torch.load(weights_only=True)`` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos)}
+        | {"has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    python = states["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    n = states["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_state(states_dir: Path, iteration: int, state: dict[str, Any]) -> Path:
+    path = states_dir / f"{iteration}{STATE_SUFFIX}"
+    save_atomic(state, path)
+    return path
+
+
+def newest_state(run_dir: Path) -> Path | None:
+    """The highest-numbered training state in ``run_dir/training_states``, or None."""
+    folder = run_dir / "training_states"
+    if not folder.is_dir():
+        return None
+    numbered = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NUMBERED_STATE.fullmatch(p.name))]
+    return max(numbered)[1] if numbered else None
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a training state (``weights_only``); a file that is not one is a :class:`CheckpointError`."""
+    state = read_checkpoint(path)
+    required = ("iteration", "params", "optimizer", "scheduler", "scaler", "rng", "options", "sampler")
+    if not isinstance(state, dict) or any(k not in state for k in required):
+        have = ", ".join(sorted(state)) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path}: not a drsformer training state (it has {have}); to start from weights use "
+            "path.pretrain_network_g instead of --resume"
+        )
+    return state

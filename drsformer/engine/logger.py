@@ -1,0 +1,134 @@
+"""What a run tells its user: a text log, ``log.jsonl`` (one JSON object per record), TensorBoard, a tqdm bar.
+
+Only the main process writes; the others get a logger whose methods do nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else (1e308 if value > 0 else -1e308)
+    return value
+
+
+def trim_jsonl(path: Path, after_iter: int) -> int:
+    """Drops records with ``iter > after_iter`` (written by a run that is being resumed from ``after_iter``)."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            dropped += 1
+            continue
+        if isinstance(record, dict) and record.get("iter", 0) > after_iter:
+            dropped += 1
+        else:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    return dropped
+
+
+class RunLogger:
+    """Text log (``train.log`` and the console), ``log.jsonl``, TensorBoard (``tb/``) and the progress bar."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool,
+        use_tensorboard: bool,
+        total_iter: int,
+        start_iter: int,
+        progress: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self.run_dir = run_dir
+        self._bar: tqdm | None = None
+        self._tb = None
+        self._jsonl = None
+        self._log = logging.getLogger(f"drsformer.train.{id(self)}")
+        self._log.propagate = False
+        self._log.setLevel(logging.INFO)
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self._log.addHandler(handler)
+        trim_jsonl(run_dir / "log.jsonl", start_iter)
+        self._jsonl = open(run_dir / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        if use_tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed run wrote after the state being resumed.
+            self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_iter + 1 if start_iter else None)
+        if progress:
+            self._bar = tqdm(
+                total=total_iter, initial=start_iter, desc="train", unit="it", dynamic_ncols=True, file=sys.stderr
+            )
+
+    # -- text
+    def info(self, message: str) -> None:
+        self._emit(logging.INFO, message)
+
+    def warning(self, message: str) -> None:
+        self._emit(logging.WARNING, message)
+
+    def _emit(self, level: int, message: str) -> None:
+        if not self.enabled:
+            return
+        self._log.log(level, message)
+        text = message if level == logging.INFO else f"warning: {message}"
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    # -- records
+    def record(self, kind: str, iteration: int, values: dict[str, Any]) -> None:
+        """One ``log.jsonl`` line ``{"kind", "iter", ...values, "time"}`` and scalars in TensorBoard."""
+        if not self.enabled:
+            return
+        entry = {"kind": kind, "iter": iteration, **{k: _finite_or_none(v) for k, v in values.items()}}
+        entry["time"] = round(time.time(), 3)
+        assert self._jsonl is not None
+        self._jsonl.write(json.dumps(entry) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    self._tb.add_scalar(f"{kind}/{key}", value, iteration)
+
+    def images(self, tag: str, grid: torch.Tensor, iteration: int) -> None:
+        if self._tb is not None:
+            self._tb.add_image(tag, grid, iteration)
+
+    def advance(self, steps: int, postfix: dict[str, Any] | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+            if postfix:
+                self._bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+        for handler in list(self._log.handlers):
+            handler.close()
+            self._log.removeHandler(handler)
