@@ -208,16 +208,20 @@ def plan_from_args(args: argparse.Namespace) -> tuple[list[DatasetJob], dict[str
     source = load_options(args.opt) if args.opt else {"datasets": {}}
     where_file = f"{args.opt}: " if args.opt else ""
     settings = {**DEFAULTS, **{k: v for k, v in source.items() if k != "datasets"}}
-    for key in ("weights", "params_key", "protocol", "out", "json", "device", "precision", "tile", "tile_overlap"):
+    for key in DEFAULTS.keys() | {"weights", "protocol", "json", "device"}:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
-    for key in ("batch", "self_ensemble"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    entries = {name: dict(entry, origin=f"{where_file}datasets.{name}") for name, entry in source["datasets"].items()}
+    # Keyed by catalogue name, so --data DID=DIR replaces the folder of the file's DID entry (any spelling),
+    # keeping its weights.
+    entries: dict[str, dict[str, Any]] = {}
+    given = [(name, dict(entry, origin=f"{where_file}datasets.{name}")) for name, entry in source["datasets"].items()]
     for text in args.data or []:
         name, folder = parse_data(text)
-        entries[name] = {"path": folder, "origin": f"--data {text}"}
+        given.append((name, {"path": folder, "origin": f"--data {text}"}))
+    for name, entry in given:
+        bench = benchmarks.find(name)
+        key = bench.name if bench else name
+        entries[key] = {**entries.get(key, {}), **entry}
     if not entries:
         raise ConfigError("no datasets to test: give -opt FILE or --data NAME=DIR (DIR holds input/ and target/)")
     jobs = []
@@ -233,20 +237,15 @@ def plan_from_args(args: argparse.Namespace) -> tuple[list[DatasetJob], dict[str
                 f"(for all datasets or under datasets.{name})"
             )
         params_key = args.params_key or entry.get("params_key") or settings["params_key"]
-        jobs.append(
-            DatasetJob(bench.name if bench else name, Path(entry["path"]), protocol, weights, params_key, bench)
-        )
-    names = [job.name for job in jobs]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ConfigError(f"dataset {repeated[0]} is given twice (spellings of one benchmark share one output folder)")
+        jobs.append(DatasetJob(name, Path(entry["path"]), protocol, weights, params_key, bench))
     return jobs, settings
 
 
 def check_folders(job: DatasetJob) -> None:
     """Fills ``job.pairs``; a missing or empty folder or unpaired names raise an error naming the folder."""
     if not job.root.is_dir():
-        hint = f" (prepare it with: drsformer prepare {job.name} --src RAW --dst DIR)" if job.benchmark else ""
+        dst = job.root.parent if job.root.name == "test" else job.root
+        hint = f" (prepare it with: drsformer prepare {job.name} --src RAW --dst {dst})" if job.benchmark else ""
         raise MissingPathError(f"{job.root}: no such folder for dataset {job.name}{hint}")
     folders = {}
     for role in ("input", "target"):

@@ -84,7 +84,7 @@ def test_existing_outputs_are_kept_unless_overwrite(tmp_path, model_file, capsys
 
 def test_tiles_and_self_ensemble_options_reach_restore(tmp_path, model_file) -> None:
     weights, model = model_file
-    rgb = np.random.default_rng(1).integers(0, 256, (45, 52, 3), dtype=np.uint8)
+    rgb = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)  # 2 x 2 tiles of 24
     write_image(tmp_path / "in" / "x.png", rgb)
     options = ["--tile", "24", "--tile-overlap", "8", "--batch", "3", "--self-ensemble", "--device", "cpu"]
     argv = ["derain", "--weights", str(weights), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out")]

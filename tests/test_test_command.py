@@ -198,8 +198,14 @@ def test_shipped_options_files_name_the_catalogue_paths(bench) -> None:
 
 def test_table1_run_without_data_names_the_missing_folder(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    err = _error(capsys, ["test", "-opt", str(REPO / "options" / "test" / "all.yml")])
-    assert "datasets/Rain200L/test: no such folder for dataset Rain200L (prepare it with: drsformer prepare" in err
+    table1 = ["test", "-opt", str(REPO / "options" / "test" / "all.yml")]
+    err = _error(capsys, table1)
+    assert "datasets/Rain200L/test: no such folder for dataset Rain200L (prepare it with: drsformer prepare " in err
+    assert "--dst datasets/Rain200L)" in err
+    # --data replaces the file's entry for that benchmark, whatever the spelling
+    make_set(tmp_path / "mine", sizes=[(16, 16)])
+    err = _error(capsys, [*table1, "--data", "rain200-light=mine"])
+    assert "datasets/Rain200H/test: no such folder for dataset Rain200H" in err
 
 
 def test_skimage_protocol_is_skimage_metrics_on_float_y() -> None:
