@@ -43,6 +43,7 @@ class BenchSettings:
     repeat: int = 10
     seed: int = 0
     parts: tuple[str, ...] = IMPL_PARTS  # the parts a path's implementation applies to; the rest run fast
+    activation_checkpointing: bool = False
 
 
 @dataclass
@@ -94,7 +95,7 @@ class _Runner:
         self.settings = settings
         self.device = image.device
         self.image = image
-        self.model = model
+        self.model = model.set_activation_checkpointing(settings.activation_checkpointing)
         dtype = PRECISIONS[settings.precision]
         self.autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
         self.net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if settings.compile else model
@@ -159,6 +160,7 @@ class _Runner:
             ),
             "compute_dtype": self.compute_dtype,
             "compiled": self.net is not self.model,
+            "activation_checkpointing": any(getattr(m, "checkpointing", False) for m in self.model.modules()),
             "training": self.settings.mode == "train",
         }
 
@@ -241,6 +243,8 @@ def format_table(settings: BenchSettings, results: list[BenchResult], difference
         extras.append("torch.compile")
     if settings.channels_last:
         extras.append("channels_last")
+    if settings.activation_checkpointing:
+        extras.append("activation checkpointing")
     if extras:
         lines.append("with " + ", ".join(extras))
     by_path = {r.path: r for r in results}
@@ -291,6 +295,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     parser.add_argument("--channels-last", action="store_true", help="model and input in channels-last layout")
     parser.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each Transformer block in the backward pass (train mode: less memory, more time)",
+    )
+    parser.add_argument(
         "--impl",
         choices=IMPLS,
         default="fast",
@@ -335,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
         repeat=args.repeat,
         seed=args.seed,
         parts=parts,
+        activation_checkpointing=args.activation_checkpointing,
     )
     paths = ["reference", "fast"] if args.compare else [args.impl]
     print(f"benchmarking {source}; {args.warmup} warm-up + {args.repeat} timed iterations per path", flush=True)

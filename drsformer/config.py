@@ -272,6 +272,7 @@ SCHEMA: dict[str, Any] = {
             "ema_decay": _f("float", 0.0),
             "max_bad_steps": _f("int", 5),
             "max_rollbacks": _f("int", 3),
+            "time_budget": _maybe("float"),
             "optim_d": Ignored("there is no discriminator"),
         }
     ),

@@ -86,6 +86,7 @@ def test_bench_compare_writes_json(tmp_path, capsys, mode: str) -> None:
             dict(impl={"attention": "reference", "ffn": "fast"}, layout="fast", input_channels_last=False),
         ),
         (["--precision", "fp16"], dict(impl="fast", compute_dtype="float16")),
+        (["--mode", "train", "--activation-checkpointing"], dict(activation_checkpointing=True, training=True)),
         ([], dict(impl="fast", layout="fast", input_channels_last=False, compute_dtype="float32")),
     ],
 )

@@ -376,3 +376,26 @@ def test_pretrained_weights_of_another_variant_are_refused(tmp_path, capsys) -> 
     options = _tiny_options(tmp_path, path={"pretrain_network_g": str(tmp_path / "w.pth")})
     assert main(["train", "-opt", str(options), "--no-progress"]) == 2
     assert "trained as a different DRSformer (mefc: True (network_g has False))" in capsys.readouterr().err
+
+
+def test_a_time_budget_ends_the_run_with_a_validation_and_a_save(tmp_path) -> None:
+    options = _tiny_options(tmp_path, train={"total_iter": 100_000, "time_budget": 1.0}, val={"val_freq": 100_000})
+    assert main(["train", "-opt", str(options), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    (validation,) = _records(run, "val")
+    last = validation["iter"]
+    assert 1 <= last < 100_000
+    assert (run / f"training_states/{last}.state").exists()
+    assert f"time budget of 1 s used up at iteration {last} of 100000" in (run / "train.log").read_text()
+
+
+def test_a_validation_psnr_that_stops_moving_is_warned_about(tmp_path) -> None:
+    options = _tiny_options(
+        tmp_path,
+        train={"total_iter": 5, "optim_g": {"type": "SGD", "lr": 0.0}},  # the model never changes
+        val={"val_freq": 1, "plateau_patience": 2},
+    )
+    assert main(["train", "-opt", str(options), "--no-progress"]) == 0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("validation PSNR has not improved for 2 evaluations") == 1
+    assert "13.08 dB with MEFC" in log

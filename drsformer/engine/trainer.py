@@ -554,6 +554,8 @@ class Trainer:
         save_freq = self.options["logger"]["save_checkpoint_freq"]
         val_freq = self.options["val"]["val_freq"]
         self._start_data()
+        budget = self.train_opt["time_budget"]
+        began = time.monotonic()
         bad_in_row = 0
         window = {"loss": 0.0, "steps": 0, "images": 0, "wait": 0.0, "start": time.perf_counter()}
         if self.device.type == "cuda":
@@ -579,20 +581,27 @@ class Trainer:
             else:
                 bad_in_row = 0
             self.progress.iteration = iteration
+            out_of_time = budget is not None and distributed.any_process(
+                time.monotonic() - began >= budget, self.device
+            )
+            last = iteration == total or out_of_time
             window["steps"] += 1
             window["images"] += result["images"] * self.dist.world_size
             window["wait"] += result["data_wait"]
             if not result["bad"]:
                 window["loss"] += result["loss"]
             self.logger.advance(1, {"loss": f"{result['loss']:.4f}", "lr": f"{lr:.2e}"})
-            if iteration % print_freq == 0 or iteration == total:
+            if iteration % print_freq == 0 or last:
                 self._log_window(iteration, lr, result, window)
-            if self.val_sets and (iteration % val_freq == 0 or iteration == total):
+            if self.val_sets and (iteration % val_freq == 0 or last):
                 self._after_validation(iteration, self.validate(iteration))
-            if (iteration % save_freq == 0 or iteration == total) and self._last_saved != iteration:
+            if (iteration % save_freq == 0 or last) and self._last_saved != iteration:
                 self.save()
-            if iteration == total and self.dist.enabled:
+            if last and self.dist.enabled:
                 self._check_replicas(iteration)
+            if out_of_time:
+                self.logger.info(f"time budget of {budget:g} s used up at iteration {iteration} of {total}")
+                break
             if distributed.any_process(stop.requested, self.device):
                 if self._last_saved != iteration:
                     self.save()
