@@ -68,6 +68,23 @@ def test_folder_of_mixed_files(tmp_path, model_file, capsys) -> None:
     assert (out / "photo.jpg").read_bytes() == encoded.tobytes()
 
 
+def test_other_formats_keep_format_and_size(tmp_path, model_file) -> None:
+    weights, model = model_file
+    rgb = np.random.default_rng(4).integers(0, 256, (18, 13, 3), dtype=np.uint8)
+    names = ["a.bmp", "b.tif", "c.webp", "d.PNG"]
+    for name in names:
+        write_image(tmp_path / "in" / name, rgb)
+    assert (
+        main(["derain", "--weights", str(weights), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--quiet"])
+        == 0
+    )
+    expected = cv2.cvtColor(expected_rgb(model, rgb), cv2.COLOR_RGB2BGR)
+    for name in names:
+        data = (tmp_path / "o" / name).read_bytes()
+        assert data == cv2.imencode(Path(name).suffix, expected)[1].tobytes()  # in the input's format
+        assert np.array_equal(_raw(tmp_path / "o" / name), expected)  # and lossless
+
+
 def test_existing_outputs_are_kept_unless_overwrite(tmp_path, model_file, capsys) -> None:
     weights, model = model_file
     photo = tmp_path / "a.png"
