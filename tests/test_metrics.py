@@ -127,4 +127,4 @@ def test_identical_and_invalid_inputs() -> None:
     with pytest.raises(ValueError, match="at least 11 x 11"):
         ssim_map(np.zeros((10, 40)), np.zeros((10, 40)))
     with pytest.raises(ValueError, match="unknown protocol"):
-        evaluate_pair(image, image, "skimage")
+        evaluate_pair(image, image, "bogus")
