@@ -18,6 +18,7 @@ from .errors import DrsformerError
 
 # name -> (module, one-line help). Modules are imported when the parser is built.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("drsformer.demo", "make rainy photos, train a small DRSformer on the CPU for minutes, show the result"),
     "train": ("drsformer.train", "train from a YAML options file (one process, or torchrun for several)"),
     "info": ("drsformer.info", "architecture, parameter count and FLOPs of a model or checkpoint"),
     "bench": ("drsformer.bench", "time inference or training; compare fast and reference paths"),
