@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from . import benchmarks
 from .benchmarks import Benchmark
-from .data.io import list_images, match_files, read_image, to_uint8, write_image
+from .data.io import list_images, match_files, name_list, read_image, to_uint8, write_image
 from .errors import ConfigError, EvaluationError, ImageReadError, ImageWriteError, MissingPathError
 from .inference import (
     PRECISIONS,
@@ -446,8 +446,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     if failed:
         names = [f"{r.job.name}/{name}" for r in results for name, _ in r.failed]
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        print(f"drsformer test: {failed} image(s) could not be processed: {shown}", file=sys.stderr)
+        print(f"drsformer test: {failed} image(s) could not be processed: {name_list(names)}", file=sys.stderr)
         return 1
     return 0
 

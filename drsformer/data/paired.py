@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..errors import ConfigError, ImageReadError, MissingPathError, PairingError
 from ..registry import DATASET_REGISTRY
-from .io import list_images, match_files, read_image, to_float32
+from .io import list_images, match_files, name_list, read_image, to_float32
 
 __all__ = ["PairedImageDataset", "PairingError", "SkippedFiles", "augment", "pair_paths"]
 
@@ -58,8 +58,7 @@ def _pairs_from_meta(lq_dir: Path, gt_dir: Path, meta: Path) -> list[tuple[Path,
         missing += [str(p) for p in (lq, gt) if not p.is_file()]
         pairs.append((lq, gt))
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise PairingError(f"{len(missing)} files listed in {meta} do not exist: {shown}")
+        raise PairingError(f"{len(missing)} files listed in {meta} do not exist: {name_list(missing)}")
     if not pairs:
         raise PairingError(f"{meta} lists no pairs")
     return pairs
