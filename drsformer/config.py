@@ -456,6 +456,11 @@ def _parameters(fn: Callable[..., Any]) -> list[str]:
     return list(inspect.signature(fn).parameters)
 
 
+def check_section(fields: dict[str, Any], given: Any, where: str = "") -> dict[str, Any]:
+    """``given`` checked against a schema section (``Field``, ``Section``, ``Mapping`` ...), defaults filled."""
+    return _Validator().section(fields, given, where)
+
+
 def resolve_options(raw: dict[str, Any]) -> Resolved:
     """Validates ``raw`` (from :func:`load_options`) and fills the defaults."""
     validator = _Validator()

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from tqdm import tqdm
 
-from . import benchmarks
+from . import benchmarks, config
 from .benchmarks import Benchmark
+from .config import Field, Mapping, Section, check_section
 from .data.io import list_images, match_files, name_list, read_image, to_uint8, write_image
 from .errors import ConfigError, EvaluationError, ImageReadError, ImageWriteError, MissingPathError
 from .inference import (
@@ -46,37 +46,47 @@ from .inference import (
 from .metrics.matlab import PROTOCOLS, evaluate_pair
 from .registry import suggest
 
-# Keys an options file may have, with the types each accepts (None: null allowed).
-TOP_KEYS: dict[str, tuple[type | None, ...]] = {
-    "name": (str,),
-    "weights": (str, None),
-    "params_key": (str,),
-    "protocol": (str, None),
-    "out": (str,),
-    "json": (str, None),
-    "device": (str, None),
-    "precision": (str,),
-    "self_ensemble": (bool,),
-    "tile": (int, None),
-    "tile_overlap": (int,),
-    "batch": (int, None),
-    "datasets": (dict,),
+
+def _optional(kind: str) -> Field:
+    return Field(kind, None, nullable=True)
+
+
+# What a test options file may hold, with defaults; checked by the same code as training options.
+DATASET_SCHEMA: dict[str, Any] = {
+    "path": Field("str"),
+    "weights": _optional("str"),
+    "params_key": _optional("str"),
+    "protocol": _optional("str"),
 }
-DATASET_KEYS: dict[str, tuple[type | None, ...]] = {
-    "path": (str,),
-    "weights": (str, None),
-    "params_key": (str,),
-    "protocol": (str, None),
+SCHEMA: dict[str, Any] = {
+    "name": _optional("str"),
+    "weights": _optional("str"),
+    "params_key": Field("str", "params"),
+    "protocol": _optional("str"),
+    "out": Field("str", "results"),
+    "json": _optional("str"),
+    "device": _optional("str"),
+    "precision": Field("str", "fp32", tuple(PRECISIONS)),
+    "self_ensemble": Field("bool", False),
+    "tile": _optional("int"),
+    "tile_overlap": Field("int", 32),
+    "batch": _optional("int"),  # 4 on CUDA, 1 on CPU
+    "datasets": Mapping(Section(DATASET_SCHEMA)),
 }
-DEFAULTS: dict[str, Any] = {
-    "params_key": "params",
-    "out": "results",
-    "precision": "fp32",
-    "self_ensemble": False,
-    "tile": None,
-    "tile_overlap": 32,
-    "batch": None,  # 4 on CUDA, 1 on CPU
-}
+# Settings a command-line flag of the same name overrides.
+FLAG_SETTINGS = (
+    "weights",
+    "params_key",
+    "protocol",
+    "out",
+    "json",
+    "device",
+    "precision",
+    "self_ensemble",
+    "tile",
+    "tile_overlap",
+    "batch",
+)
 
 
 @dataclass
@@ -131,50 +141,17 @@ class DatasetResult:
 # Options: a YAML file and/or command-line flags
 
 
-def _check_type(value: Any, allowed: tuple[type | None, ...], where: str) -> None:
-    if value is None and None in allowed:
-        return
-    kinds = [t for t in allowed if t is not None]
-    # bool is an int in Python; a YAML ``true`` must not pass for a tile size.
-    ok = any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in kinds)
-    if not ok:
-        names = " or ".join([t.__name__ for t in kinds] + (["null"] if None in allowed else []))
-        raise ConfigError(f"{where}: expected {names}, got {type(value).__name__} {value!r}")
-
-
-def _check_keys(section: dict[str, Any], allowed: dict[str, Any], where: str) -> None:
-    for key, value in section.items():
-        if key not in allowed:
-            raise ConfigError(f"{where}: unknown key {key!r}{suggest(str(key), allowed)} (known: {', '.join(allowed)})")
-        _check_type(value, allowed[key], f"{where}.{key}" if where else key)
-
-
 def load_options(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a test options file with ``yaml.safe_load`` and checks every key; errors name the file and key."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingPathError(f"{path}: no such options file")
+    """A test options file (``base:`` overlays allowed), every key checked and defaults filled; errors name the
+    file and the key. ``datasets.NAME`` may be a folder or a mapping with ``path``."""
+    data = config.load_options(path)
+    datasets = data.get("datasets")
+    if isinstance(datasets, dict):
+        data["datasets"] = {str(k): {"path": v} if isinstance(v, str) else v for k, v in datasets.items()}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML ({problem})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of options, found {type(data).__name__}")
-    _check_keys(data, TOP_KEYS, str(path))
-    datasets = {}
-    for name, entry in (data.get("datasets") or {}).items():
-        where = f"{path}: datasets.{name}"
-        if isinstance(entry, str):
-            entry = {"path": entry}
-        elif not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected a folder or a mapping with path, got {type(entry).__name__}")
-        _check_keys(entry, DATASET_KEYS, where)
-        if "path" not in entry:
-            raise ConfigError(f"{where}: missing key 'path' (the folder holding input/ and target/)")
-        datasets[str(name)] = dict(entry)
-    data["datasets"] = datasets
-    return data
+        return check_section(SCHEMA, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def parse_data(text: str) -> tuple[str, str]:
@@ -205,10 +182,10 @@ def _resolve_protocol(name: str, chosen: str | None, bench: Benchmark | None, wh
 
 def plan_from_args(args: argparse.Namespace) -> tuple[list[DatasetJob], dict[str, Any]]:
     """The datasets to run and the merged settings: file values, overridden by any flag given."""
-    source = load_options(args.opt) if args.opt else {"datasets": {}}
+    source = load_options(args.opt) if args.opt else check_section(SCHEMA, {})
     where_file = f"{args.opt}: " if args.opt else ""
-    settings = {**DEFAULTS, **{k: v for k, v in source.items() if k != "datasets"}}
-    for key in DEFAULTS.keys() | {"weights", "protocol", "json", "device"}:
+    settings = {k: v for k, v in source.items() if k != "datasets"}
+    for key in FLAG_SETTINGS:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     # Keyed by catalogue name, so --data DID=DIR replaces the folder of the file's DID entry (any spelling),

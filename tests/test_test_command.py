@@ -177,23 +177,42 @@ def test_options_file_with_per_dataset_weights_through_python_m(tmp_path, weight
 def test_options_file_keys_are_checked(tmp_path) -> None:
     path = tmp_path / "t.yml"
     path.write_text("weigths: a.pth\ndatasets: {DID: d}\n")
-    with pytest.raises(ConfigError, match=r"t.yml: unknown key 'weigths'; did you mean weights\?"):
+    with pytest.raises(ConfigError, match=r"t.yml: weigths: unknown key; did you mean weights\?"):
         load_options(path)
     path.write_text("datasets:\n  DID:\n    paht: d\n")
-    with pytest.raises(ConfigError, match=r"t.yml: datasets.DID: unknown key 'paht'; did you mean path\?"):
+    with pytest.raises(ConfigError, match=r"t.yml: datasets.DID.paht: unknown key; did you mean path\?"):
+        load_options(path)
+    path.write_text("datasets:\n  DID:\n    weights: w.pth\n")
+    with pytest.raises(ConfigError, match=r"t.yml: datasets.DID.path: missing required key"):
         load_options(path)
     path.write_text("tile: yes\ndatasets: {DID: d}\n")
-    with pytest.raises(ConfigError, match=r"tile: expected int or null, got bool True"):
+    with pytest.raises(ConfigError, match=r"t.yml: tile: expected an integer, got bool True"):
         load_options(path)
+    path.write_text("precision: fp8\ndatasets: {DID: d}\n")
+    with pytest.raises(ConfigError, match=r"t.yml: precision: expected one of fp32, bf16, fp16"):
+        load_options(path)
+
+
+def test_options_file_overlays_a_base_and_fills_defaults(tmp_path) -> None:
+    (tmp_path / "base.yml").write_text("weights: a.pth\ntile: 256\ndatasets: {DID: d}\n")
+    (tmp_path / "t.yml").write_text(
+        "base: base.yml\ntile: !!float 5.12e2\ndatasets: {DDN: {path: e, weights: b.pth}}\n"
+    )
+    options = load_options(tmp_path / "t.yml")
+    assert options["weights"] == "a.pth" and options["tile"] == 512 and options["tile_overlap"] == 32
+    assert options["datasets"]["DID"]["path"] == "d" and options["datasets"]["DID"]["weights"] is None
+    assert options["datasets"]["DDN"] == {"path": "e", "weights": "b.pth", "params_key": None, "protocol": None}
 
 
 @pytest.mark.parametrize("bench", list(benchmarks.BENCHMARKS.values()), ids=lambda b: b.name)
 def test_shipped_options_files_name_the_catalogue_paths(bench) -> None:
     options = load_options(REPO / "options" / "test" / f"{bench.name}.yml")
     assert options["weights"] == bench.checkpoint
-    assert options["datasets"] == {bench.name: {"path": f"datasets/{bench.name}/test"}}
+    assert list(options["datasets"]) == [bench.name]
+    assert options["datasets"][bench.name]["path"] == f"datasets/{bench.name}/test"
     table1 = load_options(REPO / "options" / "test" / "all.yml")["datasets"]
-    assert table1[bench.name] == {"path": f"datasets/{bench.name}/test", "weights": bench.checkpoint}
+    assert table1[bench.name]["path"] == f"datasets/{bench.name}/test"
+    assert table1[bench.name]["weights"] == bench.checkpoint
 
 
 def test_table1_run_without_data_names_the_missing_folder(tmp_path, capsys, monkeypatch) -> None:
