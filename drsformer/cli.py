@@ -113,6 +113,15 @@ def run_command(name: str, handler: Any, args: argparse.Namespace) -> int:
         return 130
 
 
+def module_main(name: str, argv: Sequence[str] | None = None) -> int:
+    """``python -m drsformer.<module>``: the subcommand ``name`` alone, with the same arguments and errors."""
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"python -m {module_name}", description=help_text)
+    module.add_arguments(parser)
+    return run_command(name, module.run, parser.parse_args(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return run_command(args.command, args.handler, args)

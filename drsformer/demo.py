@@ -381,11 +381,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import run_command
+    from .cli import module_main
 
-    parser = argparse.ArgumentParser(prog="python -m drsformer.demo", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run_command("demo", run, parser.parse_args(argv))
+    return module_main("demo", argv)
 
 
 if __name__ == "__main__":

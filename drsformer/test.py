@@ -429,12 +429,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m drsformer.test``: the same command without going through ``drsformer``."""
-    from .cli import run_command
+    from .cli import module_main
 
-    parser = argparse.ArgumentParser(prog="python -m drsformer.test", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run_command("test", run, parser.parse_args(argv))
+    return module_main("test", argv)
 
 
 if __name__ == "__main__":

@@ -44,12 +44,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cli import run_command
+    from .cli import module_main
 
-    parser = argparse.ArgumentParser(prog="python -m drsformer.train", description="train DRSformer from YAML")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return run_command("train", run, args)
+    return module_main("train", argv)
 
 
 if __name__ == "__main__":
