@@ -248,7 +248,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .archs import from_checkpoint
     from .engine.trainer import train
+    from .inference import InferenceSettings
     from .metrics.evaluate import evaluate_folders
     from .test import DatasetJob, check_folders, run_dataset
 
@@ -297,15 +299,11 @@ def run(args: argparse.Namespace) -> int:
     iterations_done = validations[-1]["iter"]
 
     print("3/4 restoring the held-out photos through the test path (restormer protocol)", flush=True)
-    from .archs import from_checkpoint
-
     checkpoint = run_dir / "models" / "net_g_latest.pth"
     model = from_checkpoint(checkpoint).eval().to(args.device)
     job = DatasetJob("held-out", out / "data" / "test", "restormer", str(checkpoint))
     check_folders(job)
     eval_start = time.perf_counter()
-    from .inference import InferenceSettings
-
     result = run_dataset(job, model, out / "derained", InferenceSettings(), args.device, progress=False)
     timings["eval_s"] = time.perf_counter() - eval_start
     after_psnr, after_ssim = result.mean("psnr"), result.mean("ssim")

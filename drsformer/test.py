@@ -73,20 +73,8 @@ SCHEMA: dict[str, Any] = {
     "batch": _optional("int"),  # 4 on CUDA, 1 on CPU
     "datasets": Mapping(Section(DATASET_SCHEMA)),
 }
-# Settings a command-line flag of the same name overrides.
-FLAG_SETTINGS = (
-    "weights",
-    "params_key",
-    "protocol",
-    "out",
-    "json",
-    "device",
-    "precision",
-    "self_ensemble",
-    "tile",
-    "tile_overlap",
-    "batch",
-)
+# Settings a command-line flag of the same name overrides: all but the name and the datasets.
+FLAG_SETTINGS = tuple(key for key in SCHEMA if key not in ("name", "datasets"))
 
 
 @dataclass
