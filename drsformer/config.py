@@ -303,7 +303,7 @@ SCHEMA: dict[str, Any] = {
             "protocol": _maybe("str"),
             "save_img": _f("bool", False),
             "tile": _maybe("int"),
-            "tile_overlap": _f("int", 32),
+            "tile_overlap": Ignored("tiles are exact (drsformer.tiling), so they need no overlap"),
             "self_ensemble": _f("bool", False),
             "plateau_patience": _f("int", 5),
             "grid_images": _f("int", 4),

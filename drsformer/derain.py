@@ -30,7 +30,6 @@ from .errors import ConfigError, ImageReadError, ImageWriteError, MissingPathErr
 from .inference import (
     PRECISIONS,
     InferenceSettings,
-    default_batch,
     default_device,
     image_to_tensor,
     pick_tile,
@@ -72,11 +71,9 @@ def derain_image(model: nn.Module, image: ImageWithAlpha, settings: InferenceSet
     dtype = image.rgb.dtype
     restored = restore(
         model,
-        image_to_tensor(image.rgb),  # stays on the CPU; tiles go to the model's device one batch at a time
+        image_to_tensor(image.rgb),  # stays on the CPU; tiles go to the model's device one at a time
         settings.precision,
         tile=settings.tile,
-        tile_overlap=settings.tile_overlap,
-        batch=settings.batch,
         self_ensemble=settings.self_ensemble,
         progress=progress,
     )
@@ -121,10 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=parse_tile,
         default="auto",
         help="tile size in pixels, 0 for whole images, or auto (default): the largest that fits the free GPU "
-        "memory, 256 on CPU",
+        "memory, 512 on CPU. Tiles are exact: they change memory and speed, never the pixels",
     )
-    parser.add_argument("--tile-overlap", type=int, default=32, help="overlap of neighbouring tiles (32)")
-    parser.add_argument("--batch", type=int, default=None, help="tiles per forward pass (4 on CUDA, 1 on CPU)")
     parser.add_argument("--self-ensemble", action="store_true", help="average the 8 flips and rotations (8x slower)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="autocast precision")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -147,15 +142,13 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: PyTorch sees no CUDA GPU; use --device cpu")
-    batch = default_batch(device) if args.batch is None else args.batch
-    InferenceSettings(args.precision, None, args.tile_overlap, batch, args.self_ensemble).check()
+    InferenceSettings(args.precision, None, args.self_ensemble).check()
     model = from_checkpoint(args.weights, key=args.params_key).eval().to(device)
     tile = args.tile
     if tile == "auto":
-        tile, reason = pick_tile(model, device, args.precision, batch)
+        tile, reason = pick_tile(model, device, args.precision)
         print(f"--tile auto: {reason}", file=sys.stderr)
-    settings = InferenceSettings(args.precision, tile or None, args.tile_overlap, batch, args.self_ensemble)
-    settings.check()
+    settings = InferenceSettings(args.precision, tile or None, args.self_ensemble).check()
     print(f"{len(files)} images, device {device}, {settings.describe()}", file=sys.stderr)
 
     report, start = DerainReport(), time.perf_counter()

@@ -31,13 +31,12 @@ from tqdm import tqdm
 
 from . import benchmarks, config
 from .benchmarks import Benchmark
-from .config import Field, Mapping, Section, check_section
+from .config import Field, Ignored, Mapping, Section, check_section
 from .data.io import list_images, match_files, name_list, read_image, to_uint8, write_image
 from .errors import ConfigError, EvaluationError, ImageReadError, ImageWriteError, MissingPathError
 from .inference import (
     PRECISIONS,
     InferenceSettings,
-    default_batch,
     default_device,
     image_to_tensor,
     restore,
@@ -69,12 +68,12 @@ SCHEMA: dict[str, Any] = {
     "precision": Field("str", "fp32", tuple(PRECISIONS)),
     "self_ensemble": Field("bool", False),
     "tile": _optional("int"),
-    "tile_overlap": Field("int", 32),
-    "batch": _optional("int"),  # 4 on CUDA, 1 on CPU
+    "tile_overlap": Ignored("tiles are exact, so they need no overlap"),
+    "batch": Ignored("exact tiling runs one tile at a time"),
     "datasets": Mapping(Section(DATASET_SCHEMA)),
 }
 # Settings a command-line flag of the same name overrides: all but the name and the datasets.
-FLAG_SETTINGS = tuple(key for key in SCHEMA if key not in ("name", "datasets"))
+FLAG_SETTINGS = tuple(k for k, v in SCHEMA.items() if k not in ("name", "datasets") and not isinstance(v, Ignored))
 
 
 @dataclass
@@ -270,8 +269,6 @@ def run_dataset(
                     image_to_tensor(rainy).to(device),
                     settings.precision,
                     tile=settings.tile,
-                    tile_overlap=settings.tile_overlap,
-                    batch=settings.batch,
                     self_ensemble=settings.self_ensemble,
                 )
             )
@@ -368,10 +365,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", default=None, help="write per-image and mean scores as JSON")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default=None, help="autocast precision (fp32)")
-    parser.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: whole images)")
-    parser.add_argument("--tile-overlap", type=int, default=None, help="overlap of neighbouring tiles (32)")
     parser.add_argument(
-        "--batch", type=int, default=None, help="tiles per forward pass when tiling (4 on CUDA, 1 on CPU)"
+        "--tile",
+        type=int,
+        default=None,
+        help="tile size in pixels (default: whole images); tiles are exact, so the scores do not change",
     )
     parser.add_argument(
         "--self-ensemble", action="store_true", default=None, help="average the 8 flips and rotations (8x slower)"
@@ -382,10 +380,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     jobs, options = plan_from_args(args)
     device = _device(options.get("device"))
-    batch = default_batch(device) if options["batch"] is None else options["batch"]
-    settings = InferenceSettings(
-        options["precision"], options["tile"] or None, options["tile_overlap"], batch, options["self_ensemble"]
-    ).check()
+    settings = InferenceSettings(options["precision"], options["tile"] or None, options["self_ensemble"]).check()
     for job in jobs:  # every folder and pairing first, then every checkpoint: fail before any image runs
         check_folders(job)
     models = load_models(jobs)

@@ -1,4 +1,4 @@
-"""The shared inference function: tiling and its blending, self-ensemble, precision, uint8/uint16 conversion."""
+"""The shared inference function: self-ensemble, precision, settings, uint8/uint16 conversion (tiling: test_tiling)."""
 
 import numpy as np
 import pytest
@@ -10,15 +10,7 @@ from torch import nn
 
 from drsformer.archs import DRSformer
 from drsformer.errors import ConfigError
-from drsformer.inference import (
-    CPU_DEFAULT_TILE,
-    blend_weights,
-    image_to_tensor,
-    pick_tile,
-    restore,
-    tensor_to_image,
-    tile_starts,
-)
+from drsformer.inference import CPU_DEFAULT_TILE, image_to_tensor, pick_tile, restore, tensor_to_image
 
 
 def local_net(seed: int = 0) -> nn.Module:
@@ -43,71 +35,11 @@ class SymmetricNet(nn.Module):
         return torch.sigmoid(self.b(torch.relu(self.a(x))))
 
 
-@pytest.mark.parametrize(
-    "shape, tile, overlap, batch",
-    [
-        ((1, 3, 61, 83), 24, 8, 3),  # odd sizes, tiles that do not divide the image
-        ((2, 3, 45, 100), 32, 16, 4),  # two images, one row of tiles per image is not enough
-        ((1, 3, 20, 90), 32, 12, 1),  # image shorter than a tile in one direction
-        ((1, 3, 50, 50), 40, 20, 2),  # the last tile overlaps its neighbour by much more than the overlap
-    ],
-)
-def test_tiled_equals_untiled_for_a_local_model(shape, tile: int, overlap: int, batch: int) -> None:
-    net, image = local_net(), torch.rand(shape)
-    whole = restore(net, image)
-    tiled = restore(net, image, tile=tile, tile_overlap=overlap, batch=batch)
-    assert tiled.shape == image.shape and tiled.dtype == torch.float32
-    assert (tiled - whole).abs().max().item() < 1e-5
-
-
-def test_blending_ignores_pixels_next_to_inner_tile_edges() -> None:
-    # Overlap 4 leaves a 1-pixel zero-weight margin: the model sees 2 pixels, so the tile border shows through.
-    net, image = local_net(), torch.rand(1, 3, 40, 40)
-    whole = restore(net, image)
-    assert (restore(net, image, tile=16, tile_overlap=4) - whole).abs().max().item() > 1e-3
-    assert (restore(net, image, tile=16, tile_overlap=8) - whole).abs().max().item() < 1e-5
-
-
-@pytest.mark.parametrize("length", [1, 7, 32, 33, 64, 100, 257])
-@pytest.mark.parametrize("tile, overlap", [(32, 8), (32, 16), (48, 0)])
-def test_tiles_cover_the_image_with_at_least_the_overlap(length: int, tile: int, overlap: int) -> None:
-    starts = tile_starts(length, tile, overlap)
-    size = min(tile, length)
-    assert starts[0] == 0 and starts[-1] + size == length and starts == sorted(set(starts))
-    for a, b in zip(starts, starts[1:], strict=False):
-        assert a + size - b >= overlap  # neighbours overlap at least this much
-
-
-def test_blend_weights_ramp_and_borders() -> None:
-    w = blend_weights(32, 16, first=False, last=False)
-    assert torch.all(w[:4] == 0) and torch.all(w[-4:] == 0)  # the outer quarter of the overlap
-    assert torch.all(w[16:-16] == 1) and torch.all(torch.diff(w[:16]) >= 0)
-    # Two neighbours overlapping by exactly the overlap: the ramps add up to 1 (sin^2 + cos^2).
-    total = w[16:] + blend_weights(32, 16, first=False, last=False)[:16]
-    assert torch.allclose(total, torch.ones(16), atol=1e-6)
-    assert torch.all(blend_weights(32, 16, first=True, last=True) == 1)
-
-
-def test_tiny_drsformer_tiled_odd_sizes() -> None:
-    """DRSformer's attention and MEFC pooling are global over a tile, so tiles legitimately change the output a
-    little; here only shapes, range and closeness are checked (the measured gap is in scripts/bench_tiling.py)."""
-    model = DRSformer(**TINY).eval()
-    image = torch.rand(1, 3, 37, 50)
-    whole = restore(model, image)
-    tiled = restore(model, image, tile=24, tile_overlap=8, batch=3)  # 2 x 3 tiles
-    assert tiled.shape == image.shape and torch.isfinite(tiled).all()
-    assert 0 <= tiled.min() and tiled.max() <= 1
-    assert (tiled - whole).abs().mean().item() < 0.05
-
-
 def test_self_ensemble_of_an_equivariant_model_is_its_plain_output() -> None:
     torch.manual_seed(1)
     net, image = SymmetricNet().eval(), torch.rand(1, 3, 23, 30)
     plain = restore(net, image)
     assert (restore(net, image, self_ensemble=True) - plain).abs().max().item() < 1e-6
-    # ...also tile by tile (non-square tiles are rotated into transposed shapes)
-    tiled = restore(net, image, self_ensemble=True, tile=16, tile_overlap=8, batch=2)
-    assert (tiled - plain).abs().max().item() < 1e-5
 
 
 def test_self_ensemble_averages_the_eight_flips_and_rotations() -> None:
@@ -152,12 +84,8 @@ def test_settings_that_cannot_work_are_config_errors() -> None:
     net, image = local_net(), torch.rand(1, 3, 16, 16)
     with pytest.raises(ConfigError, match="--tile must be at least 8"):
         restore(net, image, tile=4)
-    with pytest.raises(ConfigError, match=r"--tile-overlap must be between 0 and half the tile \(16\)"):
-        restore(net, image, tile=32, tile_overlap=20)
     with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
         restore(net, image, precision="fp8")
-    with pytest.raises(ConfigError, match="--batch must be at least 1"):
-        restore(net, image, tile=8, batch=0)
 
 
 def test_uint_conversions_round_trip() -> None:

@@ -44,7 +44,7 @@ def test_fast_equals_reference_values_and_parameter_gradients(mefc: bool, layern
 def test_fast_cpu_path_runs_channels_last_and_returns_input_layout() -> None:
     model = DRSformer(**TINY).eval()
     seen = []
-    model.encoder_level1.register_forward_hook(
+    model.encoder_level1[0].register_forward_hook(
         lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last))
     )
     x = torch.rand(1, 3, 16, 16)

@@ -199,7 +199,7 @@ def test_options_file_overlays_a_base_and_fills_defaults(tmp_path) -> None:
         "base: base.yml\ntile: !!float 5.12e2\ndatasets: {DDN: {path: e, weights: b.pth}}\n"
     )
     options = load_options(tmp_path / "t.yml")
-    assert options["weights"] == "a.pth" and options["tile"] == 512 and options["tile_overlap"] == 32
+    assert options["weights"] == "a.pth" and options["tile"] == 512 and "tile_overlap" not in options
     assert options["datasets"]["DID"]["path"] == "d" and options["datasets"]["DID"]["weights"] is None
     assert options["datasets"]["DDN"] == {"path": "e", "weights": "b.pth", "params_key": None, "protocol": None}
 

@@ -9,9 +9,16 @@ Two implementations of the same formula:
 
 * :func:`sparse_attention_reference` does it literally (four top-k, four masked softmaxes, four products
   with v), as the paper and the published code do.
-* :func:`sparse_attention_fast` does one top-k at the largest k (which yields all four thresholds), one
-  ``exp`` of the row-max-shifted scores (the row maximum survives every mask), folds the four normalised masks
-  and ``a_i`` into a single C x C weight matrix, and multiplies v once.
+* :func:`sparse_attention_fast` forms the scores from three sums over positions (:func:`attention_sums`:
+  ``q k^T`` and the squared norms of the rows of q and k, so nothing of size N is normalised), does one top-k
+  at the largest k (which yields all four thresholds), one ``exp`` of the row-max-shifted scores (the row
+  maximum survives every mask), folds the four normalised masks and ``a_i`` into a single C x C weight
+  matrix, and multiplies v once.
+
+Everything global about the attention is in those three sums: the weights are a C x C matrix computed from
+them, applied to v pixel by pixel. That is what lets :mod:`drsformer.tiling` run the model tile by tile and
+still give the whole-image output. The sums are formed in float32 (float64 for float64 inputs) with autocast
+off, whatever the precision of q and k.
 
 Ties: the fast path keeps every score >= the k-th largest, so when scores tie exactly at a threshold it keeps
 more than k entries and soft-maxes over all of them (a row of equal scores becomes a uniform average). The
@@ -21,7 +28,9 @@ continuous inputs ties have probability zero and both paths agree to rounding.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,17 +50,62 @@ def topk_counts(channels: int) -> tuple[int, ...]:
     return counts
 
 
-def normalized_scores(q: Tensor, k: Tensor, temperature: Tensor) -> Tensor:
-    """``temperature * normalize(q) @ normalize(k)^T`` over the last (spatial) dimension.
+# F.normalize's floor on a row's norm: ``x / max(|x|, eps)``.
+NORM_EPS = 1e-12
 
-    Half-precision q and k are normalised in float32: the norm's 1e-12 floor underflows to 0 in fp16, which
-    turns an all-zero row (a blank image region) into 0/0 = NaN.
+
+class AttentionSums(NamedTuple):
+    """Sums over positions that determine the attention weights: (B, heads, C, C), (B, heads, C), (B, heads, C)."""
+
+    gram: Tensor  # sum_n q[c, n] k[d, n]
+    q_squares: Tensor  # sum_n q[c, n]^2
+    k_squares: Tensor
+
+    def __add__(self, other: object) -> AttentionSums:  # type: ignore[override]
+        if not isinstance(other, AttentionSums):
+            return NotImplemented
+        return AttentionSums(*(a + b for a, b in zip(self, other, strict=True)))
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """A region where autocast is disabled (on the device types that have autocast)."""
+    if device_type in ("cpu", "cuda"):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def attention_sums(q: Tensor, k: Tensor) -> AttentionSums:
+    """The sums over the last (position) dimension of q, k: (B, heads, C, N), in float32 with autocast off."""
+    dtype = _accumulation_dtype(q.dtype)
+    with autocast_off(q.device.type):
+        q, k = q.to(dtype), k.to(dtype)
+        return AttentionSums(q @ k.transpose(-2, -1), q.square().sum(-1), k.square().sum(-1))
+
+
+def scores_from_sums(sums: AttentionSums, temperature: Tensor) -> Tensor:
+    """``temperature * normalize(q) @ normalize(k)^T`` from the sums (the norms floored at ``NORM_EPS``, as
+    F.normalize does; the floor is applied to the squares so that an all-zero row has a finite gradient)."""
+    with autocast_off(sums.gram.device.type):
+        norm_q = sums.q_squares.clamp_min(NORM_EPS**2).sqrt()
+        norm_k = sums.k_squares.clamp_min(NORM_EPS**2).sqrt()
+        return sums.gram / (norm_q[..., :, None] * norm_k[..., None, :]) * temperature.to(sums.gram.dtype)
+
+
+def normalized_scores(q: Tensor, k: Tensor, temperature: Tensor) -> Tensor:
+    """``temperature * normalize(q) @ normalize(k)^T`` over the last (spatial) dimension, literally.
+
+    Computed in float32 (float64 for float64 inputs) with autocast off: in fp16 the norm's 1e-12 floor
+    underflows to 0, which turns an all-zero row (a blank image region) into 0/0 = NaN.
     """
-    if q.dtype in (torch.float16, torch.bfloat16):
-        q, k = q.float(), k.float()
-    q = F.normalize(q, dim=-1)
-    k = F.normalize(k, dim=-1)
-    return (q @ k.transpose(-2, -1)) * temperature
+    dtype = _accumulation_dtype(q.dtype)
+    with autocast_off(q.device.type):
+        q = F.normalize(q.to(dtype), dim=-1)
+        k = F.normalize(k.to(dtype), dim=-1)
+        return (q @ k.transpose(-2, -1)) * temperature.to(dtype)
 
 
 def sparse_attention_reference(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, mix: Sequence[Tensor]) -> Tensor:
@@ -62,7 +116,18 @@ def sparse_attention_reference(q: Tensor, k: Tensor, v: Tensor, temperature: Ten
         index = scores.topk(count, dim=-1).indices
         keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, index, True)
         probs = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1)
-        term = (probs @ v) * weight
+        term = (probs.to(v.dtype) @ v) * weight
+        out = term if out is None else out + term
+    return out
+
+
+def sparse_attention_weights_reference(scores: Tensor, mix: Sequence[Tensor]) -> Tensor:
+    """``sum_i a_i softmax(mask_i(scores))`` with the paper's four top-k masks, literally (exactly k kept)."""
+    out = None
+    for count, weight in zip(topk_counts(scores.shape[-1]), mix, strict=True):
+        index = scores.topk(count, dim=-1).indices
+        keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, index, True)
+        term = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1) * weight
         out = term if out is None else out + term
     return out
 
@@ -85,10 +150,7 @@ def sparse_attention_weights(scores: Tensor, mix: Sequence[Tensor]) -> Tensor:
 
 def sparse_attention_fast(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, mix: Sequence[Tensor]) -> Tensor:
     """Same result as :func:`sparse_attention_reference` with one top-k, one exp and one product with v."""
-    scores = normalized_scores(q, k, temperature)
-    if scores.dtype in (torch.float16, torch.bfloat16):
-        scores = scores.float()  # C x C is tiny; keep the normalisers accurate
-    weights = sparse_attention_weights(scores, mix)
+    weights = sparse_attention_weights(scores_from_sums(attention_sums(q, k), temperature), mix)
     return weights.to(v.dtype) @ v
 
 
@@ -111,10 +173,31 @@ class TopKSparseAttention(nn.Module):
         self.attn3 = nn.Parameter(torch.tensor([0.2]))
         self.attn4 = nn.Parameter(torch.tensor([0.2]))
 
-    def forward(self, x: Tensor) -> Tensor:
+    @property
+    def mix(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return (self.attn1, self.attn2, self.attn3, self.attn4)
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v of shape (B, heads, C / heads, H, W): local, each pixel sees its 3 x 3 neighbourhood."""
         b, c, h, w = x.shape
-        heads = self.num_heads
-        q, k, v = self.qkv_dwconv(self.qkv(x)).reshape(b, 3, heads, c // heads, h * w).unbind(1)
-        attend = sparse_attention_fast if self.impl == "fast" else sparse_attention_reference
-        out = attend(q, k, v, self.temperature, (self.attn1, self.attn2, self.attn3, self.attn4))
-        return self.project_out(out.reshape(b, c, h, w))
+        qkv = self.qkv_dwconv(self.qkv(x))
+        return qkv.reshape(b, 3, self.num_heads, c // self.num_heads, h, w).unbind(1)
+
+    def weights(self, sums: AttentionSums) -> Tensor:
+        """The (B, heads, C, C) matrix applied to v, from the sums over every position the attention sees."""
+        scores = scores_from_sums(sums, self.temperature)
+        combine = sparse_attention_weights if self.impl == "fast" else sparse_attention_weights_reference
+        return combine(scores, self.mix)
+
+    def apply_weights(self, weights: Tensor, v: Tensor) -> Tensor:
+        """``project_out(weights @ v)`` pixel by pixel; v: (B, heads, C / heads, H, W)."""
+        b, heads, c, h, w = v.shape
+        out = weights.to(v.dtype) @ v.flatten(-2)
+        return self.project_out(out.reshape(b, heads * c, h, w))
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.project_qkv(x)
+        if self.impl == "fast":
+            return self.apply_weights(self.weights(attention_sums(q.flatten(-2), k.flatten(-2))), v)
+        out = sparse_attention_reference(q.flatten(-2), k.flatten(-2), v.flatten(-2), self.temperature, self.mix)
+        return self.project_out(out.reshape(x.shape))

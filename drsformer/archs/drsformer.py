@@ -13,6 +13,7 @@ layer norm are much faster; CUDA inputs keep the layout they come in.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +22,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from ..registry import ARCH_REGISTRY, check_kwargs
-from .attention import TopKSparseAttention
-from .mefc import MEFC
+from .attention import AttentionSums, TopKSparseAttention
+from .mefc import MEFC, conv_radius
 from .padding import crop_to, pad_to_multiple
 
 IMPLS = ("fast", "reference")
@@ -114,6 +115,10 @@ class MixedScaleFeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_fast(x) if self.impl == "fast" else self.forward_reference(x)
 
+    def receptive_radius(self) -> int:
+        first = max(conv_radius(self.dwconv3x3), conv_radius(self.dwconv5x5))
+        return first + max(conv_radius(self.dwconv3x3_1), conv_radius(self.dwconv5x5_1))
+
 
 class TransformerBlock(nn.Module):
     """Sparse Transformer block: ``x + TKSA(LN(x))`` then ``x + MSFN(LN(x))``.
@@ -140,6 +145,25 @@ class TransformerBlock(nn.Module):
         if self.checkpointing and torch.is_grad_enabled():
             return checkpoint(self._body, x, use_reentrant=False)
         return self._body(x)
+
+    # The block split at its one global step, for tiled inference: the attention weights depend on sums over
+    # every position (attention_sums of q and k); given them, the block is local.
+    def query_key(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The attention's q and k (B, heads, C / heads, H, W); each pixel sees :meth:`query_key_radius` pixels."""
+        q, k, _ = self.attn.project_qkv(self.norm1(x))
+        return q, k
+
+    def query_key_radius(self) -> int:
+        return conv_radius(self.attn.qkv_dwconv)
+
+    def apply(self, x: Tensor, sums: AttentionSums) -> Tensor:
+        """The block's output given the attention sums of its whole input; reads :meth:`receptive_radius` pixels."""
+        _, _, v = self.attn.project_qkv(self.norm1(x))
+        x = x + self.attn.apply_weights(self.attn.weights(sums), v)
+        return x + self.ffn(self.norm2(x))
+
+    def receptive_radius(self) -> int:
+        return conv_radius(self.attn.qkv_dwconv) + self.ffn.receptive_radius()
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -173,6 +197,55 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the U-shaped network, in execution order.
+
+    ``kind`` is ``embed`` (3x3 conv of the image), ``mefc``, ``block`` (a Transformer block), ``down`` (3x3 conv
+    + pixel-unshuffle), ``up`` (3x3 conv + pixel-shuffle, then the saved map ``skip`` concatenated and, when
+    ``reduce`` names one, a 1x1 conv) or ``output`` (3x3 conv plus the input image). ``module`` is the attribute
+    path of what runs, ``level`` the level of the output (1: full resolution, 4: 1/8), and ``save`` names the
+    output when a later ``up`` step uses it.
+    """
+
+    kind: str
+    module: str
+    level: int
+    save: str | None = None
+    skip: str | None = None
+    reduce: str | None = None
+
+
+ENCODERS = ("encoder_level1", "encoder_level2", "encoder_level3", "latent")
+DOWNS = ("down1_2", "down2_3", "down3_4")
+# (up-sampling, channel reduction, decoder) from level 4 up to level 1
+UPS = (
+    ("up4_3", "reduce_chan_level3", "decoder_level3"),
+    ("up3_2", "reduce_chan_level2", "decoder_level2"),
+    ("up2_1", None, "decoder_level1"),
+)
+
+
+def build_plan(num_blocks: Sequence[int], mefc: bool) -> tuple[Step, ...]:
+    """The steps of a DRSformer with ``num_blocks`` per level, with or without the two compensators."""
+    steps = [Step("embed", "patch_embed", 1)]
+    if mefc:
+        steps.append(Step("mefc", "encoder_level0", 1))
+    for level, (name, count) in enumerate(zip(ENCODERS, num_blocks, strict=True), start=1):
+        for i in range(count):
+            last = i == count - 1 and level < 4
+            steps.append(Step("block", f"{name}.{i}", level, save=f"enc{level}" if last else None))
+        if level < 4:
+            steps.append(Step("down", DOWNS[level - 1], level + 1))
+    for level, (up, reduce, decoder) in zip((3, 2, 1), UPS, strict=True):
+        steps.append(Step("up", up, level, skip=f"enc{level}", reduce=reduce))
+        steps += [Step("block", f"{decoder}.{i}", level) for i in range(num_blocks[level - 1])]
+    if mefc:
+        steps.append(Step("mefc", "refinement", 1))
+    steps.append(Step("output", "output", 1))
+    return tuple(steps)
 
 
 def _stage(n: int, dim: int, heads: int, ffn: float, bias: bool, norm: str, impl: str) -> nn.Sequential:
@@ -260,6 +333,7 @@ class DRSformer(nn.Module):
         if mefc:
             self.refinement = MEFC(d2, impl=impl)
         self.output = nn.Conv2d(d2, out_channels, kernel_size=3, padding=1, bias=bias)
+        self.plan = build_plan(self.config["num_blocks"], mefc)
 
     @property
     def has_mefc(self) -> bool:
@@ -290,21 +364,22 @@ class DRSformer(nn.Module):
         return self
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """The network on an input whose height and width are multiples of 8."""
-        feat = self.patch_embed(x)
-        if self.has_mefc:
-            feat = self.encoder_level0(feat)
-        enc1 = self.encoder_level1(feat)
-        enc2 = self.encoder_level2(self.down1_2(enc1))
-        enc3 = self.encoder_level3(self.down2_3(enc2))
-        latent = self.latent(self.down3_4(enc3))
-
-        dec3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], dim=1)))
-        dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], dim=1)))
-        dec1 = self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], dim=1))
-        if self.has_mefc:
-            dec1 = self.refinement(dec1)
-        return self.output(dec1) + x
+        """The network on an input whose height and width are multiples of 8: :attr:`plan`, step by step."""
+        saved: dict[str, Tensor] = {}
+        y = x
+        for step in self.plan:
+            module = self.get_submodule(step.module)
+            if step.kind == "up":
+                y = torch.cat([module(y), saved.pop(step.skip)], dim=1)
+                if step.reduce is not None:
+                    y = self.get_submodule(step.reduce)(y)
+            elif step.kind == "output":
+                y = module(y) + x
+            else:
+                y = module(y)
+            if step.save is not None:
+                saved[step.save] = y
+        return y
 
     def forward(self, x: Tensor) -> Tensor:
         padded, size = pad_to_multiple(x, SIZE_MULTIPLE)

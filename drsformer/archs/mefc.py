@@ -27,6 +27,11 @@ NUM_EXPERTS = len(SEPARABLE_KERNELS) + len(DILATED_KERNELS) + 1
 NUM_STEPS = 4
 
 
+def conv_radius(conv: nn.Conv2d) -> int:
+    """How many pixels around its centre a (square) convolution reads."""
+    return conv.dilation[0] * (conv.kernel_size[0] - 1) // 2
+
+
 def _depthwise(channels: int, kernel: int, dilation: int = 1) -> nn.Conv2d:
     pad = dilation * (kernel - 1) // 2
     return nn.Conv2d(channels, channels, kernel, padding=pad, dilation=dilation, groups=channels, bias=False)
@@ -52,6 +57,9 @@ class SeparableExpert(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.op(x)
 
+    def receptive_radius(self) -> int:
+        return conv_radius(self.op[0]) + conv_radius(self.op[3])
+
 
 class DilatedExpert(nn.Module):
     """dilated (2) depthwise k x k -> 1x1 (``op.0``, ``op.1``)."""
@@ -63,12 +71,18 @@ class DilatedExpert(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.op(x)
 
+    def receptive_radius(self) -> int:
+        return conv_radius(self.op[0])
+
 
 class AveragePoolExpert(nn.Module):
     """3x3 average pool, padding not counted; no parameters."""
 
     def forward(self, x: Tensor) -> Tensor:
         return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+    def receptive_radius(self) -> int:
+        return 1
 
 
 class ExpertRouter(nn.Module):
@@ -80,8 +94,12 @@ class ExpertRouter(nn.Module):
         hidden = steps * experts * 2
         self.ca_fc = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, steps * experts))
 
+    def from_mean(self, mean: Tensor) -> Tensor:
+        """The logits from the per-image channel means (B, C)."""
+        return self.ca_fc(mean).view(-1, self.steps, self.experts)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.ca_fc(x.mean(dim=(2, 3))).view(-1, self.steps, self.experts)
+        return self.from_mean(x.mean(dim=(2, 3)))
 
 
 class ExpertStep(nn.Module):
@@ -112,6 +130,9 @@ class ExpertStep(nn.Module):
         scale = weights.repeat_interleave(c, dim=1)[:, :, None, None]
         return F.conv2d(torch.cat(features, dim=1).mul_(scale), composed).relu_()
 
+    def receptive_radius(self) -> int:
+        return max(op.receptive_radius() for op in self._ops)
+
 
 class ExpertPreprocess(nn.Module):
     """1x1 conv + ReLU (``preprocess.op``)."""
@@ -139,16 +160,33 @@ class ExpertSteps(nn.Module):
             x = (y + x).relu()
         return x
 
+    def receptive_radius(self) -> int:
+        return sum(step.receptive_radius() for step in self._ops)  # the 1x1 preprocess reads one pixel
+
 
 class MEFC(nn.Module):
-    """The compensator: ``layers[0]`` routes, ``layers[1]`` runs the experts."""
+    """The compensator: ``layers[0]`` routes, ``layers[1]`` runs the experts.
+
+    The only global quantity is the router's input, the mean of each channel over the image: :meth:`route`
+    turns it into expert weights and :meth:`compensate` is local (each pixel sees :data:`RADIUS` pixels around
+    it: :meth:`receptive_radius`), which is how :mod:`drsformer.tiling` runs it tile by tile.
+    """
 
     def __init__(self, channels: int, steps: int = NUM_STEPS, impl: str = "fast") -> None:
         super().__init__()
         self.impl = impl
         self.layers = nn.ModuleList([ExpertRouter(channels, steps), ExpertSteps(channels, steps)])
 
+    def route(self, mean: Tensor) -> Tensor:
+        """Expert weights (B, steps, experts) from the channel means (B, C) of the input."""
+        return self.layers[0].from_mean(mean).softmax(dim=-1)
+
+    def compensate(self, x: Tensor, weights: Tensor) -> Tensor:
+        return self.layers[1](x, weights, fast=self.impl == "fast")
+
     def forward(self, x: Tensor) -> Tensor:
-        router, experts = self.layers
-        weights = router(x).softmax(dim=-1)
-        return experts(x, weights, fast=self.impl == "fast")
+        return self.compensate(x, self.route(x.mean(dim=(2, 3))))
+
+    def receptive_radius(self) -> int:
+        """Pixels around each output pixel that :meth:`compensate` reads (24 for the published experts)."""
+        return self.layers[1].receptive_radius()

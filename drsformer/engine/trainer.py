@@ -462,7 +462,7 @@ class Trainer:
     def _inference_options(val_opt: dict[str, Any]) -> dict[str, Any]:
         options: dict[str, Any] = {}
         if val_opt["tile"]:
-            options.update(tile=val_opt["tile"], tile_overlap=val_opt["tile_overlap"])
+            options["tile"] = val_opt["tile"]
         if val_opt["self_ensemble"]:
             options["self_ensemble"] = True
         return options

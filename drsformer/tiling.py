@@ -1,0 +1,299 @@
+"""Exact tiled inference: DRSformer's whole-image output, computed tile by tile with memory bounded by the tile.
+
+Everything in DRSformer is local (convolutions, layer norm, pixel (un)shuffle, the product of the attention
+weights with v) except two kinds of sums over all pixels: each attention's ``q k^T`` and the squared norms of
+the rows of q and k (:class:`~drsformer.archs.attention.AttentionSums`), and each MEFC router's channel means.
+:class:`ExactTiler` walks the model's :attr:`~drsformer.archs.DRSformer.plan` one step at a time over the
+whole image. A step that needs sums first visits every tile to add them up; then every tile of the step's
+output is computed from the step's input cut with a halo of the step's receptive radius (zero padding and
+``count_include_pad=False`` pooling are exact at the image border, because tiles are cut inside the image,
+never padded). Each step's output is kept at full size for the next step. The result equals ``model(x)`` up to
+the order of floating-point additions; tiling changes memory and time, never the pixels.
+
+Memory: the network's activations exist for one tile at a time. The tile is ``tile x tile`` at full resolution
+and holds the same number of values at every level (a level with twice the channels gets tiles of half the
+area); a level no larger than its tile runs in one piece. The full-size maps (about ``5.75 * dim + 6`` values
+per pixel at the peak, with the skip connections) live on the model's device, or with ``storage="host"`` in
+(pinned, on CUDA) host memory, copied to the device tile by tile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .archs.attention import AttentionSums, attention_sums
+from .archs.drsformer import SIZE_MULTIPLE, DRSformer, Step
+from .archs.mefc import conv_radius
+from .archs.padding import crop_to, pad_to_multiple
+
+STORAGES = ("auto", "device", "host")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Rows ``[top, bottom)`` and columns ``[left, right)`` of a map at one level."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    def grown(self, radius: int, height: int, width: int) -> Window:
+        """This window with ``radius`` more pixels on every side, kept inside a ``height x width`` map."""
+        return Window(
+            max(0, self.top - radius), min(height, self.bottom + radius),
+            max(0, self.left - radius), min(width, self.right + radius),
+        )  # fmt: skip
+
+    def scaled(self, factor: int) -> Window:
+        """The same area one level up (``factor`` 2: twice the resolution)."""
+        return Window(self.top * factor, self.bottom * factor, self.left * factor, self.right * factor)
+
+    def halved(self) -> Window:
+        """The same area one level down; the window's edges are even, as every edge at levels 1 to 3 is."""
+        return Window(self.top // 2, -(-self.bottom // 2), self.left // 2, -(-self.right // 2))
+
+    def cut(self, x: Tensor) -> Tensor:
+        return x[..., self.top : self.bottom, self.left : self.right]
+
+    def inside(self, outer: Window, x: Tensor) -> Tensor:
+        """The part of ``x``, computed over ``outer``, that lies in this window."""
+        return x[..., self.top - outer.top : self.bottom - outer.top, self.left - outer.left : self.right - outer.left]
+
+    @property
+    def area(self) -> int:
+        return (self.bottom - self.top) * (self.right - self.left)
+
+
+def grid(height: int, width: int, side: int) -> list[Window]:
+    """Windows covering ``height x width``: one when the map holds at most ``side**2`` pixels, else ``side``
+    squares (the last row and column shorter)."""
+    if height * width <= side * side:
+        return [Window(0, height, 0, width)]
+    return [
+        Window(top, min(top + side, height), left, min(left + side, width))
+        for top in range(0, height, side)
+        for left in range(0, width, side)
+    ]
+
+
+def level_tile(tile: int, level: int) -> int:
+    """The tile side at ``level`` that holds as many values as ``tile x tile`` at level 1 (channels double per
+    level), a multiple of 8 so that every tile edge at levels 1 to 3 is even."""
+    return max(SIZE_MULTIPLE, int(tile / math.sqrt(2 ** (level - 1))) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+
+
+def step_radius(step: Step, module: nn.Module) -> int:
+    """Pixels around each output pixel that a step reads from its input, in the input's own level."""
+    if step.kind == "block":
+        return module.receptive_radius()
+    if step.kind == "mefc":
+        return module.receptive_radius()
+    conv = module.body[0] if step.kind in ("down", "up") else module.proj if step.kind == "embed" else module
+    return conv_radius(conv)
+
+
+def sums_radius(step: Step, module: nn.Module) -> int:
+    """Pixels around each position that the global sums of a step read (q and k's 3x3 depthwise conv)."""
+    return module.query_key_radius() if step.kind == "block" else 0
+
+
+def supports(model: nn.Module) -> bool:
+    """Whether :class:`ExactTiler` knows how to run ``model``."""
+    return isinstance(model, DRSformer)
+
+
+def storage_bytes_per_pixel(model: DRSformer, element_size: int = 4) -> float:
+    """Bytes per input pixel of the full-size maps alive at the peak (the level-1 decoder: the image, the three
+    skips and the decoder's input and output at 2 * dim channels)."""
+    config = model.config
+    dim = config["dim"]
+    values = config["inp_channels"] + dim + 2 * dim / 4 + 4 * dim / 16 + 2 * (2 * dim) + config["out_channels"]
+    return values * element_size
+
+
+class ExactTiler:
+    """Runs a DRSformer over an N x C x H x W batch tile by tile, giving its whole-image output.
+
+    ``tile``: the tile side at full resolution (pixels). ``autocast``: a context manager factory for the
+    precision (every tile runs inside it; the sums are formed in float32 whatever it is). ``storage``: where the
+    full-size maps live: ``device`` (the model's), ``host`` (CPU memory, pinned when the model is on CUDA), or
+    ``auto`` (the device unless the maps would take more than ``auto_fraction`` of its free memory).
+    """
+
+    def __init__(
+        self,
+        model: DRSformer,
+        tile: int,
+        autocast: Callable[[], object],
+        storage: str = "auto",
+        progress: bool = False,
+        auto_fraction: float = 0.3,
+    ) -> None:
+        if storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+        self.model = model
+        self.tile = tile
+        self.autocast = autocast
+        self.storage = storage
+        self.progress = progress
+        self.auto_fraction = auto_fraction
+        param = next(model.parameters())
+        self.device = param.device
+        self.channels_last = model.layout_impl == "fast" and self.device.type == "cpu"
+        self._pool: dict[tuple, list[Tensor]] = {}
+
+    # -- storage ---------------------------------------------------------------------------------------------
+    def _storage_device(self, image: Tensor) -> torch.device:
+        if self.storage == "host" or self.device.type != "cuda":
+            return torch.device("cpu") if self.storage == "host" else self.device
+        if self.storage == "device":
+            return self.device
+        free, _ = torch.cuda.mem_get_info(self.device)
+        need = storage_bytes_per_pixel(self.model) * image.shape[0] * image.shape[-2] * image.shape[-1]
+        return self.device if need <= self.auto_fraction * free else torch.device("cpu")
+
+    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """A full-size map, reused from maps this run no longer needs when one of that shape is free."""
+        key = (shape, dtype)
+        if self._pool.get(key):
+            return self._pool[key].pop()
+        pin = self.store.type == "cpu" and self.device.type == "cuda"
+        if self.channels_last and len(shape) == 4:
+            return torch.empty(shape, dtype=dtype, device=self.store, memory_format=torch.channels_last)
+        return torch.empty(shape, dtype=dtype, device=self.store, pin_memory=pin)
+
+    def _release(self, x: Tensor) -> None:
+        self._pool.setdefault((tuple(x.shape), x.dtype), []).append(x)
+
+    def _to_device(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    # -- running -----------------------------------------------------------------------------------------------
+    def __call__(self, image: Tensor) -> Tensor:
+        self.store = self._storage_device(image)
+        padded, size = pad_to_multiple(image, SIZE_MULTIPLE)
+        self.image = padded.to(self.store)
+        model, plan = self.model, self.model.plan
+        bar = tqdm(total=self._count(plan), desc="tiles", unit="tile", leave=False, disable=not self.progress)
+        self._bar = bar
+        saved: dict[str, Tensor] = {}
+        current = self.image
+        try:
+            for step in plan:
+                module = model.get_submodule(step.module)
+                out = getattr(self, f"_{step.kind}")(step, module, current, saved)
+                if current is not self.image and not any(current is s for s in saved.values()):
+                    self._release(current)
+                current = out
+                if step.save is not None:
+                    saved[step.save] = current
+        finally:
+            bar.close()
+            self._pool.clear()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the last copies into host memory are asynchronous
+        return crop_to(current, size)
+
+    def _count(self, plan: tuple[Step, ...]) -> int:
+        height, width = self.image.shape[-2:]
+        total = 0
+        for step in plan:
+            scale = 2 ** (step.level - 1)
+            tiles = len(grid(height // scale, width // scale, level_tile(self.tile, step.level)))
+            total += tiles * (2 if step.kind in ("block", "mefc") else 1)
+        return total
+
+    def _map(self, level: int, compute: Callable[[Window], Tensor], like: Tensor) -> Tensor:
+        """Fills a full-size map at ``level`` tile by tile with ``compute(window)`` (already cut to the window)."""
+        height, width = (s // 2 ** (level - 1) for s in self.image.shape[-2:])
+        out: Tensor | None = None
+        for window in grid(height, width, level_tile(self.tile, level)):
+            with self.autocast():
+                y = compute(window)
+            if out is None:
+                out = self._empty((like.shape[0], y.shape[1], height, width), y.dtype)
+            window.cut(out).copy_(y, non_blocking=True)
+            self._bar.update()
+        return out
+
+    def _windows(self, x: Tensor, level: int) -> Iterator[Window]:
+        for window in grid(x.shape[-2], x.shape[-1], level_tile(self.tile, level)):
+            yield window
+            self._bar.update()
+
+    def _local(self, module: Callable[[Tensor], Tensor], x: Tensor, window: Window, radius: int) -> Tensor:
+        """``module`` over ``window`` of ``x``, computed on the window grown by ``radius`` and cut back."""
+        source = window.grown(radius, x.shape[-2], x.shape[-1])
+        return window.inside(source, module(self._to_device(source.cut(x))))
+
+    # -- the step kinds (see archs.drsformer.Step) -----------------------------------------------------------
+    def _embed(self, step: Step, module: nn.Module, x: Tensor, saved: dict[str, Tensor]) -> Tensor:
+        radius = step_radius(step, module)
+        return self._map(1, lambda w: self._local(module, x, w, radius), x)
+
+    def _output(self, step: Step, module: nn.Module, x: Tensor, saved: dict[str, Tensor]) -> Tensor:
+        radius = step_radius(step, module)
+        image = self.image
+        return self._map(1, lambda w: self._local(module, x, w, radius) + self._to_device(w.cut(image)), x)
+
+    def _mefc(self, step: Step, module: nn.Module, x: Tensor, saved: dict[str, Tensor]) -> Tensor:
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        total = None
+        for window in self._windows(x, step.level):
+            part = window.cut(x).to(self.device, non_blocking=True).sum(dim=(2, 3), dtype=dtype)
+            total = part if total is None else total + part
+        mean = (total / (x.shape[-2] * x.shape[-1])).to(x.dtype)
+        with self.autocast():
+            weights = module.route(mean)
+        radius = step_radius(step, module)
+        return self._map(step.level, lambda w: self._local(lambda t: module.compensate(t, weights), x, w, radius), x)
+
+    def _block(self, step: Step, module: nn.Module, x: Tensor, saved: dict[str, Tensor]) -> Tensor:
+        radius_qk = sums_radius(step, module)
+        sums: AttentionSums | None = None
+        for window in self._windows(x, step.level):
+            source = window.grown(radius_qk, x.shape[-2], x.shape[-1])
+            with self.autocast():
+                q, k = module.query_key(self._to_device(source.cut(x)))
+            part = attention_sums(window.inside(source, q).flatten(-2), window.inside(source, k).flatten(-2))
+            sums = part if sums is None else sums + part
+        radius = step_radius(step, module)
+        return self._map(step.level, lambda w: self._local(lambda t: module.apply(t, sums), x, w, radius), x)
+
+    def _down(self, step: Step, module: nn.Module, x: Tensor, saved: dict[str, Tensor]) -> Tensor:
+        conv, unshuffle = module.body
+        radius = step_radius(step, module)
+
+        def compute(window: Window) -> Tensor:
+            return unshuffle(self._local(conv, x, window.scaled(2), radius))
+
+        return self._map(step.level, compute, x)
+
+    def _up(self, step: Step, module: nn.Module, x: Tensor, saved: dict[str, Tensor]) -> Tensor:
+        conv, shuffle = module.body
+        radius = step_radius(step, module)
+        skip = saved.pop(step.skip)
+        reduce = self.model.get_submodule(step.reduce) if step.reduce is not None else None
+
+        def compute(window: Window) -> Tensor:
+            y = torch.cat(
+                [shuffle(self._local(conv, x, window.halved(), radius)), self._to_device(window.cut(skip))], 1
+            )
+            return reduce(y) if reduce is not None else y
+
+        out = self._map(step.level, compute, x)
+        self._release(skip)
+        return out
+
+
+def tiled_forward(model: DRSformer, image: Tensor, tile: int, autocast: Callable[[], object], **options) -> Tensor:
+    """``model(image)``, computed by :class:`ExactTiler` (see there for ``options``)."""
+    return ExactTiler(model, tile, autocast, **options)(image)

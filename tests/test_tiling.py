@@ -1,0 +1,166 @@
+"""Exact tiled inference: tiles never change the pixels (float64 to 1e-10, float32 to 1e-5), every halo is needed,
+and restore() uses it for validation, test, derain and the demo."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from conftest import TINY, load_reference
+
+from drsformer import tiling
+from drsformer.archs import DRSformer, from_checkpoint
+from drsformer.inference import restore
+from drsformer.tiling import ExactTiler, Window, grid, level_tile, tiled_forward
+
+# Sizes: smaller than one tile, tiled in one direction only, not multiples of 8, and a batch of two.
+SHAPES = [(1, 3, 13, 9), (1, 3, 20, 130), (1, 3, 37, 50), (2, 3, 61, 83)]
+NO_AUTOCAST = contextlib.nullcontext
+EXACT = 1e-12  # float64: tiles differ from the whole image only in the order of additions (seen: <= 3e-14)
+
+
+def _model(name: str, dtype: torch.dtype = torch.float64, impl: str = "fast") -> DRSformer:
+    """The published-layout fixtures, and a third configuration: BiasFree norm, biases, other heads and blocks."""
+    if name == "other":
+        torch.manual_seed(5)
+        model = DRSformer(**{**TINY, "num_blocks": [1, 2, 1, 1]}, bias=True, LayerNorm_type="BiasFree", mefc=True)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    else:
+        model = from_checkpoint(load_reference(name))
+    return model.eval().to(dtype).set_impl(impl)
+
+
+def _tiled(model: DRSformer, x: torch.Tensor, tile: int, **options) -> torch.Tensor:
+    with torch.no_grad():
+        return tiled_forward(model, x, tile, NO_AUTOCAST, **options)
+
+
+@pytest.mark.parametrize("name", ["small_mefc", "small_no_mefc", "other"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_tiled_equals_whole_image_in_float64(name: str, shape: tuple[int, ...]) -> None:
+    model = _model(name)
+    x = torch.rand(shape, dtype=torch.float64)
+    with torch.no_grad():
+        whole = model(x)
+    for tile in (16, 24):
+        assert (_tiled(model, x, tile) - whole).abs().max().item() < EXACT, tile
+
+
+@pytest.mark.parametrize("name", ["small_mefc", "small_no_mefc"])
+def test_tiled_equals_whole_image_in_float32(name: str) -> None:
+    model = _model(name, torch.float32)
+    for shape in SHAPES:
+        x = torch.rand(shape)
+        with torch.no_grad():
+            whole = model(x)
+        for tile in (16, 24):
+            assert (_tiled(model, x, tile) - whole).abs().max().item() < 1e-5, (shape, tile)
+
+
+@pytest.mark.parametrize("name", ["small_mefc", "small_no_mefc"])
+def test_tiled_reproduces_the_published_outputs(name: str) -> None:
+    """Against the authors' code's own outputs, with the fast path and with the paper's reference formulas."""
+    reference = load_reference(name)
+    for impl in ("fast", "reference"):
+        model = _model(name, impl=impl)
+        tiled = _tiled(model, reference["input"].double(), 16)
+        assert (tiled - reference["output_float64"]).abs().max().item() < EXACT, impl
+        with torch.no_grad():
+            assert (tiled - model(reference["input"].double())).abs().max().item() < EXACT, impl
+
+
+def _shrunk(function, kind: str):
+    """``function`` (a step's radius) one pixel smaller for steps of ``kind``."""
+
+    def shrunk(step, module):
+        radius = function(step, module)
+        return radius - 1 if step.kind == kind else radius
+
+    return shrunk
+
+
+@pytest.mark.parametrize("kind", ["embed", "mefc", "block", "down", "up", "output", "sums"])
+def test_a_halo_one_pixel_too_small_breaks_exactness(monkeypatch, kind: str) -> None:
+    """Each halo is as large as it must be: one pixel less and the exactness tests above fail."""
+    model = _model("small_mefc")
+    with torch.no_grad():  # MEFC's outermost taps are 24 pixels and 8 convolutions away: make them count
+        for name, p in model.named_parameters():
+            if ".op." in name and p.shape[1] == 1 and p.shape[-1] > 1:
+                p.mul_(4)
+    x = torch.rand(1, 3, 61, 83, dtype=torch.float64)
+    with torch.no_grad():
+        whole = model(x)
+    assert (_tiled(model, x, 16) - whole).abs().max().item() < EXACT
+    if kind == "sums":
+        monkeypatch.setattr(tiling, "sums_radius", _shrunk(tiling.sums_radius, "block"))
+    else:
+        monkeypatch.setattr(tiling, "step_radius", _shrunk(tiling.step_radius, kind))
+    assert (_tiled(model, x, 16) - whole).abs().max().item() > 1000 * EXACT
+
+
+def test_radii_of_the_published_model() -> None:
+    model = DRSformer()
+    radii = {step.kind: tiling.step_radius(step, model.get_submodule(step.module)) for step in model.plan}
+    assert radii == {"embed": 1, "mefc": 24, "block": 5, "down": 1, "up": 1, "output": 1}
+
+
+@pytest.mark.parametrize("storage", ["device", "host"])
+def test_storage_places_do_not_change_the_result(storage: str) -> None:
+    model = _model("small_no_mefc")
+    x = torch.rand(1, 3, 45, 70, dtype=torch.float64)
+    with torch.no_grad():
+        whole = model(x)
+    assert (_tiled(model, x, 16, storage=storage) - whole).abs().max().item() < EXACT
+
+
+def test_restore_tiles_exactly_with_self_ensemble_and_batches() -> None:
+    model = _model("small_mefc", torch.float32)
+    x = torch.rand(2, 3, 41, 66)
+    whole = restore(model, x, self_ensemble=True)
+    tiled = restore(model, x, tile=16, self_ensemble=True)
+    assert tiled.shape == x.shape and tiled.dtype == torch.float32
+    assert (tiled - whole).abs().max().item() < 1e-5
+    assert (restore(model, x, tile=24) - restore(model, x)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_tiles_agree_with_the_whole_image(precision: str) -> None:
+    model = _model("small_mefc", torch.float32)
+    x = torch.rand(1, 3, 48, 72)
+    whole = restore(model, x, precision)
+    tiled = restore(model, x, precision, tile=16)
+    reference = restore(model, x)
+    # Tiles round differently (other convolution blockings), so the bound is the precision's own error.
+    own_error = (whole - reference).abs().max().item()
+    assert (tiled - whole).abs().max().item() <= max(2 * own_error, 1e-3)
+
+
+def test_tile_grid_and_level_sizes() -> None:
+    assert grid(20, 30, 32) == [Window(0, 20, 0, 30)]  # no larger than one tile: one piece, no halo
+    windows = grid(40, 48, 16)
+    assert len(windows) == 9 and windows[-1] == Window(32, 40, 32, 48)
+    assert sum(w.area for w in windows) == 40 * 48
+    assert [level_tile(256, level) for level in (1, 2, 3, 4)] == [256, 176, 128, 88]
+    assert level_tile(24, 4) == 8 and level_tile(20, 1) == 16  # multiples of 8: even edges at every level
+    assert Window(8, 16, 0, 24).halved() == Window(4, 8, 0, 12)
+    assert Window(3, 5, 0, 4).grown(4, 6, 6) == Window(0, 6, 0, 6)
+
+
+def test_other_architectures_fall_back_to_whole_images() -> None:
+    net = torch.nn.Conv2d(3, 3, 3, padding=1).eval()
+    assert not tiling.supports(net)
+    x = torch.rand(1, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.equal(restore(net, x, tile=16), net(x).clamp(0, 1))
+
+
+def test_the_tiler_reuses_maps_and_leaves_nothing_behind() -> None:
+    model = _model("small_mefc", torch.float32)
+    tiler = ExactTiler(model, 16, NO_AUTOCAST)
+    x = torch.rand(1, 3, 40, 40)
+    with torch.no_grad():
+        first, second = tiler(x), tiler(x)
+    assert torch.equal(first, second) and not tiler._pool
