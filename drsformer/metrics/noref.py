@@ -1,4 +1,4 @@
-"""No-reference quality: NIQE and BRISQUE as pyiqa 0.1.16 computes them with its defaults (float64 NumPy).
+"""No-reference quality: NIQE and BRISQUE as pyiqa 0.1.16 computes them with its defaults (NumPy, OpenCV filters).
 
 The DRSformer authors score real rain with pyiqa's ``create_metric('niqe')`` and ``create_metric('brisque')``
 (``evaluations/Evaluation_Real/eval_niqe_brisque.py``). These functions give the same numbers (measured agreement
@@ -11,11 +11,17 @@ Which step follows which definition:
   pyiqa's tensors are, so the rounding of ties agrees. A grayscale image is three equal channels (pyiqa opens
   files with ``PIL.Image.convert('RGB')``), which gives back the gray value. No border is cropped.
 * **MSCN coefficients** (both): ``(Y - mu) / (sigma + 1)`` with mu and sigma from a 7 x 7 Gaussian window,
-  sigma 7/6 (MATLAB ``fspecial``), ``sigma = sqrt(|E[Y^2] - mu^2| + eps)``, eps being the machine epsilon of
-  pyiqa's working precision (float64 for NIQE, float32 for BRISQUE). NIQE pads by replicating the border
-  (as the LIVE MATLAB code's ``imfilter(..., 'replicate')``), BRISQUE pyiqa-style with zeros.
+  sigma 7/6 (MATLAB ``fspecial``, its weights rounded to float32 as pyiqa stores them), ``sigma =
+  sqrt(|E[Y^2] - mu^2| + eps)``. NIQE pads by replicating the border (as the LIVE MATLAB code's
+  ``imfilter(..., 'replicate')``), BRISQUE with zeros (pyiqa's ``padding='same'``).
 * **Resizing** (both): MATLAB ``imresize(Y, 0.5)``: bicubic (a = -0.5) with antialiasing, the kernel widened by 2,
-  symmetric border; at scale 0.5 that is the fixed 8-tap filter :data:`HALF_TAPS` at stride 2.
+  symmetric border; at scale 0.5 that is the fixed 8-tap filter :data:`HALF_TAPS` at stride 2, summed in
+  pyiqa's order.
+* **Precision** (pyiqa's, where it changes the result): NIQE works in float64 except its resize, which pyiqa runs
+  in float32; BRISQUE's luminance, resize and MSCN are float32, as in pyiqa. In flat regions ``E[Y^2] - mu^2``
+  is all rounding (about 1e-3 for NIQE, from the window's sum 1 + 1.1e-8; up to 1e-2 in float32 for BRISQUE),
+  and that rounding sets sigma there, so it is kept. The fits, NIQE's distance and BRISQUE's SVR are float64:
+  pyiqa sums BRISQUE's SVR in float32, which moves its scores by up to about 0.01 (see the README).
 * **Shape fits** (both): the (asymmetric) generalized Gaussian shape is the value of the grid 0.2:0.001:10
   (built as pyiqa builds it, ``torch.arange`` in float32) whose moment ratio is nearest, first one on ties; a
   ratio that is NaN (a side with no pixels) picks the first grid value, as ``torch.argmin`` does.
@@ -32,9 +38,8 @@ Which step follows which definition:
   variances. They are scaled to [-1, 1] by the release's ``allrange`` and scored by its epsilon-SVR ``allmodel``
   (RBF kernel): ``sum_i coef_i exp(-gamma |f - sv_i|^2) - rho``.
 
-pyiqa computes BRISQUE in float32 and NIQE's resize in float32; here everything after the luminance is float64,
-which is where the small differences come from. The published parameters are read from ``noref_params.npz``
-beside this file (see ``noref_params.md`` for where they come from and how to check them).
+The published parameters are read from ``noref_params.npz`` beside this file (see ``noref_params.md`` for where
+they come from and how to check them).
 """
 
 from __future__ import annotations
@@ -322,12 +327,18 @@ def brisque_features(image: np.ndarray) -> np.ndarray:
 
 
 def brisque(image: np.ndarray, params: NoRefParams | None = None) -> float:
-    """BRISQUE of an 8-bit RGB (H x W x 3) or gray (H x W) image, at least 7 x 7; lower is better (about 0-150).
+    """BRISQUE of an 8-bit RGB (H x W x 3) or gray (H x W) image, at least 7 x 7; lower is better (mostly 0 to 100;
+    a very clean photo can score slightly below 0).
 
     Raises :class:`EvaluationError` for a smaller image or a flat one, rather than returning NaN.
     """
+    return brisque_from_features(brisque_features(image), params)
+
+
+def brisque_from_features(features: np.ndarray, params: NoRefParams | None = None) -> float:
+    """The SVR's score of 36 unscaled BRISQUE features: scaled to [-1, 1] by the feature ranges, then
+    ``sum_i coef_i exp(-gamma |f - sv_i|^2) - rho``."""
     params = params or load_params()
-    features = brisque_features(image)
     low, high = params.brisque_range[:, 0], params.brisque_range[:, 1]
     scaled = -1.0 + 2.0 * (features - low) / (high - low)
     distance = ((params.brisque_sv - scaled) ** 2).sum(axis=1)
