@@ -61,16 +61,25 @@ def safe_load(text: str) -> Any:
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping in an options file; any file that does not parse is a :class:`ConfigError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise MissingPathError(f"{path}: no such options file")
     try:
-        data = safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); options files are YAML text") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        data = safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{path}:{where} not valid YAML ({problem})") from None
+    except (ValueError, RecursionError) as err:  # a timestamp like 2023-13-45, or nesting too deep to parse
+        raise ConfigError(f"{path}: not valid YAML ({type(err).__name__}: {str(err)[:120]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -102,7 +111,10 @@ def _load_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"{path}: base: expected a file name or a list of file names, got {bases!r}")
     merged: dict[str, Any] = {}
     for name in bases:
-        merged = merge(merged, _load_with_bases(path.parent / name, (*chain, path.resolve())))
+        base = path.parent / name
+        if not base.is_file():
+            raise MissingPathError(f"{path}: base: {name}: no such options file ({base})")
+        merged = merge(merged, _load_with_bases(base, (*chain, path.resolve())))
     return merge(merged, data)
 
 
@@ -138,6 +150,15 @@ def load_options(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict
     for text in overrides:
         apply_override(options, *parse_override(text))
     return options
+
+
+def read_training_options(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Resolved:
+    """:func:`load_options` then :func:`resolve_options`; a key or value error also names the file."""
+    raw = load_options(path, overrides)
+    try:
+        return resolve_options(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

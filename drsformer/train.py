@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .config import load_options, parse_overrides, resolve_options
+from .config import parse_overrides, read_training_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .engine.trainer import train
 
-    resolved = resolve_options(load_options(args.opt, parse_overrides(args.set)))
+    resolved = read_training_options(args.opt, parse_overrides(args.set))
     if os.environ.get("RANK", "0") == "0":
         for key, why in resolved.ignored:
             print(f"info: {key} is ignored here: {why}", file=sys.stderr)

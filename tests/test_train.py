@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -110,9 +109,27 @@ def test_authors_options_file_trains_validates_and_saves_loadable_weights(tmp_pa
 # ---------------------------------------------------------------- exact resume
 
 
-def _train_process(options: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "drsformer.train", "-opt", str(options), "--no-progress", *extra]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+# Runs ``drsformer train`` and kills the process with SIGKILL right after it has written the state of iteration
+# ``kill_at`` (a fault injected at an exact point, so the test does not race the run).
+KILLED_AFTER_SAVE = """
+import os, signal, sys
+import drsformer.engine.checkpoint as ckpt
+from drsformer.train import main
+save = ckpt.save_state
+def save_then_die(folder, iteration, state):
+    path = save(folder, iteration, state)
+    if iteration == int(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+ckpt.save_state = save_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _train_process(options: Path, *extra: str, kill_at: int = 0) -> subprocess.Popen:
+    command = [sys.executable, "-c", KILLED_AFTER_SAVE, "-opt", str(options), "--no-progress", *extra]
+    env = {**os.environ, "KILL_AT": str(kill_at)}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def test_a_run_killed_after_a_save_resumes_to_bit_identical_weights(tmp_path) -> None:
@@ -125,21 +142,16 @@ def test_a_run_killed_after_a_save_resumes_to_bit_identical_weights(tmp_path) ->
     reference = _train_process(options, "--set", f"path.experiments_root={tmp_path}/whole")
     assert reference.wait(timeout=300) == 0, reference.stdout.read()
 
-    killed = _train_process(options)
+    killed = _train_process(options, kill_at=8)
+    killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL
     states = tmp_path / "run" / "training_states"
-    deadline = time.time() + 120
-    while not (states / "8.state").exists() and killed.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    saved = sorted(int(p.stem) for p in states.glob("*.state"))
-    assert saved and max(saved) < 16
+    assert sorted(int(p.stem) for p in states.glob("*.state")) == [4, 8]
 
     resumed = _train_process(options, "--resume", "auto")
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output
-    assert f"resumed from {states / f'{max(saved)}.state'}" in output
+    assert f"resumed from {states / '8.state'}" in output
     whole = torch.load(tmp_path / "whole/models/net_g_latest.pth", weights_only=True)
     again = torch.load(tmp_path / "run/models/net_g_latest.pth", weights_only=True)
     for key in ("params", "params_ema"):
@@ -147,6 +159,43 @@ def test_a_run_killed_after_a_save_resumes_to_bit_identical_weights(tmp_path) ->
     # log.jsonl holds each iteration once, as if the run had never stopped.
     iterations = [r["iter"] for r in _records(tmp_path / "run", "train")]
     assert iterations == [4, 8, 12, 16]
+
+
+def test_resume_auto_passes_over_unreadable_states_and_keeps_them(tmp_path, capsys) -> None:
+    options = _tiny_options(tmp_path, train={"total_iter": 6}, val={"val_freq": 6}, logger={"save_checkpoint_freq": 2})
+    assert main(["train", "-opt", str(options), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    uninterrupted = _weights(run / "models/net_g_latest.pth")
+    states = run / "training_states"
+    damaged = {
+        "6.state": (states / "6.state").read_bytes()[:5000],  # cut short
+        "4.state": bytearray((states / "4.state").read_bytes()),
+    }
+    damaged["4.state"][len(damaged["4.state"]) // 2] ^= 0x10  # one flipped bit in the tensor data
+    for name, data in damaged.items():
+        (states / name).write_bytes(bytes(data))
+    capsys.readouterr()
+
+    assert main(["train", "-opt", str(options), "--no-progress", "--resume", "auto"]) == 0
+    log = (run / "train.log").read_text()
+    for name in ("6.state", "4.state"):
+        (line,) = [line for line in log.splitlines() if f"{name}: unreadable" in line]
+        assert f"kept as {name}.unreadable" in line
+        assert (states / f"{name}.unreadable").read_bytes() == bytes(damaged[name])  # never deleted or changed
+    assert f"resumed from {states / '2.state'}" in log
+    again = _weights(run / "models/net_g_latest.pth")
+    assert all(torch.equal(uninterrupted[k], again[k]) for k in uninterrupted)
+
+    for state in states.glob("*.state"):
+        state.write_bytes(b"not a state")
+    assert main(["train", "-opt", str(options), "--no-progress", "--resume", "auto"]) == 2
+    assert "no training state can be read (6.state, 4.state, 2.state)" in capsys.readouterr().err
+
+
+def test_resume_auto_without_a_state_starts_a_new_run(tmp_path) -> None:
+    options = _tiny_options(tmp_path, train={"total_iter": 2})
+    assert main(["train", "-opt", str(options), "--no-progress", "--resume", "auto"]) == 0
+    assert "--resume auto: no training state in" in (tmp_path / "run/train.log").read_text()
 
 
 def test_a_state_saved_with_another_world_size_is_refused(tmp_path) -> None:

@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .drsformer import DRSformer
 
 STAGES = ("encoder_level1", "encoder_level2", "encoder_level3", "latent")
@@ -28,32 +29,66 @@ STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` with one-line errors for missing, truncated or unsafe files."""
+    """``torch.load(path, weights_only=True)``; any file it cannot parse is a one-line :class:`CheckpointError`.
+
+    Files in PyTorch's zip format are checked against their CRC-32 checksums first, so a flipped bit in the
+    tensor data is reported instead of loaded as different weights.
+    """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path}: empty file")
+    verify_zip_checksums(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            for noise in ("Detected pickle protocol", "Validating sparse tensor"):  # random bytes, sparse tensors
+                warnings.filterwarnings("ignore", message=noise, category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        text = str(err)
-        culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if culprit:
-            raise CheckpointError(
-                f"{path}: refused, the file contains pickled code or objects (it references {culprit.group(1)}), "
-                "not just tensors; only weights are loaded (torch.load weights_only=True). Re-save it as "
-                "torch.save({'params': model.state_dict()}, path) from a trusted environment."
-            ) from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-        reason = detail.group(1).strip() if detail else _first_line(text)
-        raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint, or a corrupt one (unpickling failed: {_first_line(reason)})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
+        raise CheckpointError(_unpickling_message(path, str(err))) from None
+    except Exception as err:  # torch's zip reader and unpickler: any failure to parse is the file's fault
         raise CheckpointError(
             f"{path}: unreadable, the file is truncated or corrupt ({type(err).__name__}: {_first_line(str(err))})"
         ) from None
+
+
+def verify_zip_checksums(path: str) -> None:
+    """Reads every member of a zip-format checkpoint, which checks its CRC-32; legacy files pass unchecked."""
+    member = "the zip directory"
+    try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                if f.read(4) == b"PK\x03\x04":  # a zip archive whose directory, at the end, is missing
+                    raise CheckpointError(f"{path}: unreadable, the file is truncated (its zip directory is missing)")
+            return
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                member = info.filename
+                with archive.open(info) as stream:
+                    while stream.read(1 << 22):
+                        pass
+    except CheckpointError:
+        raise
+    except Exception as err:  # zipfile and zlib: BadZipFile, CRC mismatch, struct.error, EOFError, OSError ...
+        raise CheckpointError(
+            f"{path}: unreadable, the file is truncated or corrupt ({member}: {_first_line(str(err))})"
+        ) from None
+
+
+def _unpickling_message(path: str, text: str) -> str:
+    culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if culprit:
+        return (
+            f"{path}: refused, the file contains pickled code or objects (it references {culprit.group(1)}), "
+            "not just tensors; only weights are loaded (torch.load weights_only=True). Re-save it as "
+            "torch.save({'params': model.state_dict()}, path) from a trusted environment."
+        )
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = detail.group(1).strip() if detail else _first_line(text)
+    return f"{path}: not a PyTorch checkpoint, or a corrupt one (unpickling failed: {_first_line(reason)})"
 
 
 def _first_line(text: str, limit: int = 160) -> str:
@@ -63,20 +98,30 @@ def _first_line(text: str, limit: int = 160) -> str:
 
 def extract_state_dict(obj: Any, key: str = "params", source: str = "checkpoint") -> dict[str, Tensor]:
     """Picks ``obj[key]`` from a wrapper dict (or takes a bare state dict) and strips DDP/compile prefixes."""
+    if isinstance(obj, Tensor):
+        raise CheckpointError(f"{source}: holds a single tensor, not a dict of named weights")
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{source}: expected a dict of tensors, found {type(obj).__name__}")
-    if key in obj and isinstance(obj[key], Mapping):
+        raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a dict of named weights")
+    if not obj:
+        raise CheckpointError(f"{source}: holds an empty dict, no weights")
+    if key in obj:
         state = obj[key]
-    elif obj and all(isinstance(v, Tensor) for v in obj.values()):
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"{source}: {key!r} is a {type(state).__name__}, not a dict of named weights")
+    elif all(isinstance(v, Tensor) for v in obj.values()):
         state = obj
     else:
         wrappers = [k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
         if wrappers:
             raise CheckpointError(f"{source}: has no {key!r} weights; it holds {', '.join(map(repr, wrappers))}")
-        shown = ", ".join(map(repr, list(obj)[:5])) or "nothing"
+        shown = ", ".join(repr(k)[:40] for k in list(obj)[:5])
         raise CheckpointError(f"{source}: no {key!r} state dict found (top-level keys: {shown})")
+    if not state:
+        raise CheckpointError(f"{source}: {key!r} is empty, no weights")
     clean: dict[str, Tensor] = {}
     for name, value in state.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"{source}: has a {type(name).__name__} key {name!r:.40}, not a parameter name")
         if not isinstance(value, Tensor):
             raise CheckpointError(f"{source}: entry {name!r} is a {type(value).__name__}, not a tensor")
         clean[strip_prefixes(name)] = value
@@ -94,10 +139,14 @@ def strip_prefixes(name: str) -> str:
     return name
 
 
-def _shape(state: Mapping[str, Tensor], key: str, source: str) -> torch.Size:
+def _shape(state: Mapping[str, Tensor], key: str, source: str, ndim: int) -> torch.Size:
+    """The shape of ``state[key]``, which must have ``ndim`` non-zero dimensions."""
     if key not in state:
         raise CheckpointError(f"{source}: not a DRSformer checkpoint, key {key!r} is missing ({_describe(state)})")
-    return state[key].shape
+    shape = state[key].shape
+    if len(shape) != ndim or not all(shape):
+        raise CheckpointError(f"{source}: {key} has shape {list(shape)}; a DRSformer has {ndim} non-zero dimensions")
+    return shape
 
 
 def _describe(state: Mapping[str, Tensor]) -> str:
@@ -108,7 +157,7 @@ def _describe(state: Mapping[str, Tensor]) -> str:
     return f"{len(state)} keys, e.g. {', '.join(list(state)[:3])}"
 
 
-def infer_ffn_factor(dims: list[int], hidden: list[int]) -> float:
+def infer_ffn_factor(dims: list[int], hidden: list[int], source: str = "checkpoint") -> float:
     """The simplest decimal f with ``int(d * f) == h`` for every (d, h) pair, as the model computes widths."""
     low = max(h / d for d, h in zip(dims, hidden, strict=True))
     high = min((h + 1) / d for d, h in zip(dims, hidden, strict=True))
@@ -118,13 +167,13 @@ def infer_ffn_factor(dims: list[int], hidden: list[int]) -> float:
         for f in (candidate, candidate + 1 / scale):
             if f < high and all(int(d * f) == h for d, h in zip(dims, hidden, strict=True)):
                 return f
-    raise CheckpointError(f"no ffn_expansion_factor gives hidden widths {hidden} for widths {dims}")
+    raise CheckpointError(f"{source}: no ffn_expansion_factor gives hidden widths {hidden} for widths {dims}")
 
 
 def infer_config(state: Mapping[str, Tensor], source: str = "checkpoint") -> dict[str, Any]:
     """Constructor arguments of the DRSformer whose state dict is ``state``."""
-    embed = _shape(state, "patch_embed.proj.weight", source)
-    out = _shape(state, "output.weight", source)
+    embed = _shape(state, "patch_embed.proj.weight", source, 4)
+    out = _shape(state, "output.weight", source, 4)
     dim = embed[0]
     counts = Counter()
     for name in state:
@@ -141,16 +190,16 @@ def infer_config(state: Mapping[str, Tensor], source: str = "checkpoint") -> dic
                 f"{source}: {decoder} has {counts[decoder]} blocks but {STAGES[level]} has {num_blocks[level]}; "
                 "DRSformer decoders mirror the encoders"
             )
-    heads = [_shape(state, f"{s}.0.attn.temperature", source)[0] for s in STAGES]
+    heads = [_shape(state, f"{s}.0.attn.temperature", source, 3)[0] for s in STAGES]
     widths = [dim * 2**i for i in range(4)]
-    hidden = [_shape(state, f"{s}.0.ffn.project_in.weight", source)[0] // 2 for s in STAGES]
+    hidden = [_shape(state, f"{s}.0.ffn.project_in.weight", source, 4)[0] // 2 for s in STAGES]
     return dict(
         inp_channels=int(embed[1]),
         out_channels=int(out[0]),
         dim=int(dim),
         num_blocks=num_blocks,
         heads=[int(h) for h in heads],
-        ffn_expansion_factor=infer_ffn_factor(widths, hidden),
+        ffn_expansion_factor=infer_ffn_factor(widths, hidden, source),
         bias="encoder_level1.0.attn.qkv.bias" in state,
         LayerNorm_type="WithBias" if "encoder_level1.0.norm1.body.bias" in state else "BiasFree",
         mefc=any(k.startswith(("encoder_level0.", "refinement.")) for k in state),
@@ -183,10 +232,14 @@ def check_keys(model: torch.nn.Module, state: Mapping[str, Tensor], source: str)
     if problems:
         raise CheckpointError(f"{source}: does not match DRSformer; " + "; ".join(problems))
     for name, tensor in expected.items():
-        if state[name].shape != tensor.shape:
+        found = state[name]
+        if found.shape != tensor.shape:
             raise CheckpointError(
-                f"{source}: {name} has shape {list(state[name].shape)} but the model expects {list(tensor.shape)}"
+                f"{source}: {name} has shape {list(found.shape)} but the model expects {list(tensor.shape)}"
             )
+        if found.layout != torch.strided or not found.is_floating_point():
+            kind = found.dtype if found.layout == torch.strided else found.layout
+            raise CheckpointError(f"{source}: {name} holds {kind} values; weights are dense floating-point tensors")
 
 
 def from_checkpoint(
@@ -209,7 +262,10 @@ def from_checkpoint(
         obj = read_checkpoint(source, map_location=map_location)
     state = extract_state_dict(obj, key=key, source=source)
     config = {**infer_config(state, source), **overrides}
-    model = DRSformer(**config)
+    try:
+        model = DRSformer(**config)
+    except ConfigError as err:
+        raise CheckpointError(f"{source}: its shapes describe no valid DRSformer ({err})") from None
     check_keys(model, state, source)
     model.load_state_dict(state, strict=True)
     return model

@@ -179,6 +179,25 @@ def _stage(n: int, dim: int, heads: int, ffn: float, bias: bool, norm: str, impl
     return nn.Sequential(*(TransformerBlock(dim, heads, ffn, bias, norm, impl) for _ in range(n)))
 
 
+def _check_sizes(
+    inp_channels: int, out_channels: int, dim: int, num_blocks: Sequence[int], heads: Sequence[int], ffn: float
+) -> None:
+    """Raises :class:`ConfigError` for sizes no DRSformer can be built with."""
+    if len(num_blocks) != 4 or len(heads) != 4:
+        raise ConfigError(f"num_blocks and heads need 4 entries each, got {list(num_blocks)} and {list(heads)}")
+    for name, value in (("inp_channels", inp_channels), ("out_channels", out_channels), ("dim", dim)):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    if min(num_blocks) < 1 or min(heads) < 1:
+        raise ConfigError(f"num_blocks and heads must be at least 1, got {list(num_blocks)} and {list(heads)}")
+    for level, head_count in enumerate(heads):
+        width = dim * 2**level
+        if width % head_count:
+            raise ConfigError(f"level {level + 1}: width {width} is not divisible by {head_count} heads")
+        if int(width * ffn) < 1:
+            raise ConfigError(f"ffn_expansion_factor {ffn} gives no hidden channels at width {width}")
+
+
 @ARCH_REGISTRY.register()
 class DRSformer(nn.Module):
     """The paper's model. ``mefc=False`` drops both compensators (the Rain200L / SPA-Data model).
@@ -201,8 +220,7 @@ class DRSformer(nn.Module):
         impl: str = "fast",
     ) -> None:
         super().__init__()
-        if len(num_blocks) != 4 or len(heads) != 4:
-            raise ConfigError(f"num_blocks and heads need 4 entries each, got {list(num_blocks)} and {list(heads)}")
+        _check_sizes(inp_channels, out_channels, dim, num_blocks, heads, ffn_expansion_factor)
         if impl not in IMPLS:
             raise ConfigError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.config = dict(

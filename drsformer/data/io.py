@@ -133,17 +133,73 @@ def match_files(
     return result
 
 
+def truncation(data: bytes) -> str | None:
+    """Why an encoded JPEG or WebP file is cut short, or None when it is complete (or another format).
+
+    Older OpenCV builds decode a truncated JPEG with grey where the data ends; this check makes every version
+    refuse it. PNG (CRC per chunk) and TIFF decoders notice truncation themselves.
+    """
+    if data[:3] == b"\xff\xd8\xff":
+        return _jpeg_truncation(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        declared = int.from_bytes(data[4:8], "little") + 8
+        if len(data) < declared:
+            return f"{len(data)} of the {declared} bytes its header declares"
+    return None
+
+
+def _jpeg_truncation(data: bytes) -> str | None:
+    """Walks the marker segments to the first scan, then looks for the end-of-image marker after it."""
+    pos, size = 2, len(data)
+    while True:
+        if pos + 4 > size:
+            return "it ends inside its headers"
+        if data[pos] != 0xFF:
+            return None  # not a marker where one belongs: the decoder will judge the file
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xDA:  # start of scan: entropy-coded data follows
+            break
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    # Entropy-coded data stuffs every 0xFF with 0x00, so 0xFFD9 after the scan header can only be the end marker.
+    return None if data.find(b"\xff\xd9", pos) >= 0 else "no end-of-image marker after the image data"
+
+
+def _decode_unchanged(data: bytes, name: str) -> np.ndarray:
+    """``cv2.imdecode(IMREAD_UNCHANGED)`` of a complete 8- or 16-bit file with 1 to 4 channels.
+
+    Every failure (empty, truncated, corrupt, unsupported) is an :class:`ImageReadError` naming ``name``.
+    """
+    if not data:
+        raise ImageReadError(f"{name}: empty file")
+    cut = truncation(data)
+    if cut:
+        raise ImageReadError(f"{name}: cannot decode image (truncated: {cut})")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:  # OpenCV's decoders raise for some malformed headers instead of returning None
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "decoder error"
+        raise ImageReadError(f"{name}: cannot decode image ({reason[:160]})") from None
+    if image is None:
+        raise ImageReadError(f"{name}: cannot decode image (corrupt, truncated or not an image)")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ImageReadError(f"{name}: unsupported pixel type {image.dtype}; expected 8- or 16-bit")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels not in (1, 2, 3, 4) or image.ndim > 3:
+        raise ImageReadError(f"{name}: unsupported number of channels {channels}")
+    return image
+
+
 def decode_image(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
     """Decodes encoded bytes to an H x W x 3 RGB array, uint8 or uint16 as stored.
 
     Grayscale becomes 3 equal channels, an alpha channel is dropped.
     """
-    buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
-    if image is None:
-        raise ImageReadError(f"{name}: cannot decode image (corrupt, truncated or not an image)")
-    if image.dtype not in (np.uint8, np.uint16):
-        raise ImageReadError(f"{name}: unsupported pixel type {image.dtype}; expected 8- or 16-bit")
+    image = _decode_unchanged(data if isinstance(data, bytes) else data.tobytes(), name)
     channels = 1 if image.ndim == 2 else image.shape[2]
     if channels == 1:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
@@ -151,21 +207,25 @@ def decode_image(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
         return cv2.cvtColor(np.ascontiguousarray(image[:, :, 0]), cv2.COLOR_GRAY2RGB)
     if channels == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if channels == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)  # drops alpha
-    raise ImageReadError(f"{name}: unsupported number of channels {channels}")
+    return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)  # drops alpha
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:  # also handles non-ASCII paths, unlike cv2.imread
+            return f.read()
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: is a folder, not an image file") from None
+    except OSError as err:
+        raise ImageReadError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """H x W x 3 RGB array (uint8, or uint16 for 16-bit files); raises :class:`ImageReadError` naming ``path``."""
     path = os.fspath(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)  # also handles non-ASCII paths, unlike cv2.imread
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
-    except OSError as err:
-        raise ImageReadError(f"{path}: cannot read ({err.strerror or err})") from None
-    return decode_image(data, path)
+    return decode_image(_read_bytes(path), path)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -268,20 +328,8 @@ def read_image_with_alpha(path: str | os.PathLike, upright: bool = True) -> Imag
     :class:`ImageReadError` naming ``path`` for a missing, corrupt or unsupported file.
     """
     path = os.fspath(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
-    except OSError as err:
-        raise ImageReadError(f"{path}: cannot read ({err.strerror or err})") from None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise ImageReadError(f"{path}: cannot decode image (corrupt, truncated or not an image)")
-    if image.dtype not in (np.uint8, np.uint16):
-        raise ImageReadError(f"{path}: unsupported pixel type {image.dtype}; expected 8- or 16-bit")
+    image = _decode_unchanged(_read_bytes(path), path)
     channels = 1 if image.ndim == 2 else image.shape[2]
-    if channels not in (1, 2, 3, 4):
-        raise ImageReadError(f"{path}: unsupported number of channels {channels}")
     alpha = np.ascontiguousarray(image[:, :, -1]) if channels in (2, 4) else None
     if channels <= 2:
         gray = image if channels == 1 else np.ascontiguousarray(image[:, :, 0])

@@ -47,8 +47,16 @@ def pair_paths(
 def _pairs_from_meta(lq_dir: Path, gt_dir: Path, meta: Path) -> list[tuple[Path, Path]]:
     if not meta.is_file():
         raise MissingPathError(f"meta_info_file {meta} does not exist")
+    try:
+        text = meta.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PairingError(
+            f"meta_info_file {meta}: not UTF-8 text (byte {err.start}); expected one pair per line"
+        ) from None
+    except OSError as err:
+        raise PairingError(f"meta_info_file {meta}: cannot read ({err.strerror or err})") from None
     pairs, missing = [], []
-    for number, line in enumerate(meta.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         fields = line.replace(",", " ").split()
         if not fields or fields[0].startswith("#"):
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,23 +138,87 @@ def save_state(states_dir: Path, iteration: int, state: dict[str, Any]) -> Path:
     return path
 
 
-def newest_state(run_dir: Path) -> Path | None:
-    """The highest-numbered training state in ``run_dir/training_states``, or None."""
+def numbered_states(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(iteration, path)`` of every training state in ``run_dir/training_states``, newest first."""
     folder = run_dir / "training_states"
     if not folder.is_dir():
-        return None
-    numbered = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NUMBERED_STATE.fullmatch(p.name))]
-    return max(numbered)[1] if numbered else None
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NUMBERED_STATE.fullmatch(p.name))]
+    return sorted(found, reverse=True)
+
+
+def newest_state(run_dir: Path) -> Path | None:
+    """The highest-numbered training state in ``run_dir/training_states``, or None."""
+    states = numbered_states(run_dir)
+    return states[0][1] if states else None
+
+
+# What a training state holds, and the type each entry must have.
+_STATE_LAYOUT: dict[str, tuple[type, ...]] = {
+    "iteration": (int,),
+    "params": (dict,),
+    "optimizer": (dict,),
+    "scheduler": (dict, type(None)),
+    "scaler": (dict,),
+    "rng": (dict,),
+    "options": (dict,),
+    "sampler": (dict,),
+    "progress": (dict,),
+}
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """Reads a training state (``weights_only``); a file that is not one is a :class:`CheckpointError`."""
     state = read_checkpoint(path)
-    required = ("iteration", "params", "optimizer", "scheduler", "scaler", "rng", "options", "sampler")
-    if not isinstance(state, dict) or any(k not in state for k in required):
-        have = ", ".join(sorted(state)) if isinstance(state, dict) else type(state).__name__
+    if not isinstance(state, dict) or any(k not in state for k in _STATE_LAYOUT):
+        have = ", ".join(sorted(map(str, state))) if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
             f"{path}: not a drsformer training state (it has {have}); to start from weights use "
             "path.pretrain_network_g instead of --resume"
         )
+    for key, kinds in _STATE_LAYOUT.items():
+        if not isinstance(state[key], kinds) or isinstance(state[key], bool):
+            raise CheckpointError(f"{path}: damaged training state, {key!r} is a {type(state[key]).__name__}")
+    if any(k not in state["rng"] for k in ("python", "numpy", "torch")):
+        raise CheckpointError(f"{path}: damaged training state, the random generator states are incomplete")
     return state
+
+
+def set_aside(path: Path) -> Path | None:
+    """Renames an unreadable state to ``<name>.unreadable`` (never deleted, never picked again); None if that fails."""
+    for n in range(1, 100):
+        target = path.with_name(path.name + (".unreadable" if n == 1 else f".unreadable-{n}"))
+        if not target.exists():
+            try:
+                os.rename(path, target)
+            except OSError:
+                return None
+            return target
+    return None
+
+
+def newest_readable_state(
+    run_dir: Path, at_most: int | None = None, warn: Callable[[str], None] = print, move_aside: bool = True
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest training state (up to iteration ``at_most``) that reads back, with its contents.
+
+    Each newer state that cannot be read is reported through ``warn`` in one line and, with ``move_aside``
+    (the process that owns the folder), renamed by :func:`set_aside` so that a later save cannot overwrite it.
+    Returns None when there is no state at all; raises :class:`CheckpointError` when none of them reads.
+    """
+    states = [(i, p) for i, p in numbered_states(run_dir) if at_most is None or i <= at_most]
+    bad = []
+    for _, path in states:
+        try:
+            return path, load_state(path)
+        except CheckpointError as err:
+            kept = set_aside(path) if move_aside else None
+            where = f"kept as {kept.name}" if kept else "left in place"
+            warn(f"{err} ({where}); trying the next older state")
+            bad.append(path.name)
+    if bad:
+        raise CheckpointError(
+            f"{run_dir / 'training_states'}: no training state can be read ({', '.join(bad)}); start a new run "
+            "under another name, or resume from a state you have elsewhere with --resume PATH"
+        )
+    return None

@@ -151,10 +151,10 @@ class Trainer:
         self.ddp: DistributedDataParallel | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------------------
-    def _find_resume(self, resume: str | None) -> Path | None:
+    def _find_resume(self, resume: str | None) -> Path | str | None:
         resume = resume or self.options["path"]["resume_state"]
         if resume == "auto":
-            return ckpt.newest_state(self.run_dir)
+            return "auto"
         if resume:
             path = Path(resume)
             if not path.is_file():
@@ -168,9 +168,24 @@ class Trainer:
             )
         return None
 
+    def _read_resume_state(self, notes: list[tuple[str, str]]) -> dict[str, Any] | None:
+        """The state to resume from; with ``auto``, the newest readable one (unreadable ones noted, kept)."""
+        if self._resume_path == "auto":
+            found = ckpt.newest_readable_state(
+                self.run_dir, warn=lambda text: notes.append(("warning", text)), move_aside=self.dist.is_main
+            )
+            if found is None:
+                self._resume_path = None
+                notes.append(("info", f"--resume auto: no training state in {self.run_dir}, starting a new run"))
+                return None
+            self._resume_path, state = found
+            return state
+        return ckpt.load_state(self._resume_path) if self._resume_path is not None else None
+
     def build(self, progress_bar: bool = False) -> None:
         options, train = self.options, self.train_opt
-        state = ckpt.load_state(self._resume_path) if self._resume_path is not None else None
+        notes: list[tuple[str, str]] = []
+        state = self._read_resume_state(notes)
         self.logger = RunLogger(
             self.run_dir,
             enabled=self.dist.is_main,
@@ -179,6 +194,8 @@ class Trainer:
             start_iter=state["iteration"] if state else 0,
             progress=progress_bar,
         )
+        for level, text in notes:
+            getattr(self.logger, level)(text)
         torch.manual_seed(self.seed)
         self.model: nn.Module = ARCH_REGISTRY.build(dict(options["network_g"]), where="network_g")
         if options["path"]["pretrain_network_g"]:
@@ -280,13 +297,14 @@ class Trainer:
             if self.scheduler is not None and state["scheduler"] is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
-        except (RuntimeError, ValueError, KeyError) as err:
+            progress = Progress(**state["progress"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
             raise CheckpointError(
                 f"{path}: does not fit this run's model or optimizer ({str(err).splitlines()[0]}); "
                 "was it made with other network_g or train.optim_g options?"
             ) from None
         ckpt.restore_rng_states(state["rng"])
-        self.progress = Progress(**state["progress"])
+        self.progress = progress
         changed = [k for k in describe_differences(state["options"], self.options) if not k.startswith("path.")]
         if changed:
             self.logger.warning(f"resuming with options that differ from the saved run's: {', '.join(changed)}")
@@ -490,7 +508,8 @@ class Trainer:
         )
 
     def _rollback(self, iteration: int, bad_in_row: int) -> None:
-        newest = ckpt.newest_state(self.run_dir)
+        found = ckpt.newest_readable_state(self.run_dir, warn=self.logger.warning, move_aside=self.dist.is_main)
+        newest = found[0] if found else None
         what = f"{bad_in_row} steps in a row (iterations {iteration - bad_in_row + 1}..{iteration}) had a non-finite"
         if newest is None:
             raise TrainingError(
@@ -505,7 +524,7 @@ class Trainer:
         rollbacks, factor = self.progress.rollbacks + 1, self.progress.lr_factor * 0.5
         bad_total = self.progress.bad_steps_total
         distributed.barrier()
-        self._apply_state(ckpt.load_state(newest), newest)
+        self._apply_state(found[1], newest)
         self.progress.rollbacks, self.progress.lr_factor = rollbacks, factor
         self.progress.bad_steps_total = bad_total
         self.logger.warning(
