@@ -65,9 +65,10 @@ def pair_files(
         raise EvaluationError(str(err)) from None
 
 
-def score_image(path: Path, metrics: tuple[str, ...] = noref.NOREF_METRICS) -> dict[str, Any]:
+def score_image(path: str | os.PathLike, metrics: tuple[str, ...] = noref.NOREF_METRICS) -> dict[str, Any]:
     """``{"name": file name, metric: value, ...}``: no-reference scores of one image file (read as 8-bit RGB, as
     pyiqa reads files); errors name the file."""
+    path = Path(path)
     try:
         image = to_uint8(read_image(path))
     except ImageReadError as err:
