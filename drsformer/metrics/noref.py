@@ -1,4 +1,5 @@
-"""No-reference quality: NIQE and BRISQUE as pyiqa 0.1.16 computes them with its defaults (NumPy, OpenCV filters).
+"""No-reference quality: NIQE and BRISQUE as pyiqa 0.1.16 computes them with its defaults (NumPy and OpenCV;
+BRISQUE's float32 steps in torch, as pyiqa does them).
 
 The DRSformer authors score real rain with pyiqa's ``create_metric('niqe')`` and ``create_metric('brisque')``
 (``evaluations/Evaluation_Real/eval_niqe_brisque.py``). These functions give the same numbers (measured agreement
@@ -18,13 +19,14 @@ Which step follows which definition:
   symmetric border; at scale 0.5 that is the fixed 8-tap filter :data:`HALF_TAPS` at stride 2, summed in
   pyiqa's order.
 * **Precision** (pyiqa's, where it changes the result): NIQE works in float64 except its resize, which pyiqa runs
-  in float32; BRISQUE's luminance, resize and MSCN are float32, as in pyiqa. In flat regions ``E[Y^2] - mu^2``
-  is all rounding (about 1e-3 for NIQE, from the window's sum 1 + 1.1e-8; up to 1e-2 in float32 for BRISQUE),
-  and that rounding sets sigma there, so it is kept. The fits, NIQE's distance and BRISQUE's SVR are float64:
-  pyiqa sums BRISQUE's SVR in float32, which moves its scores by up to about 0.01 (see the README).
+  in float32. In flat regions ``E[Y^2] - mu^2`` is all rounding (about 1e-3 for NIQE, from the window's sum
+  1 + 1.1e-8), and that rounding sets sigma there, so it is kept. BRISQUE is float32 throughout, as in pyiqa, and
+  its rounding is reproduced, not just its precision: after the (bit-exact) resize, the MSCN, fits and SVR are
+  the torch operations pyiqa uses, in its order, on one thread (see the BRISQUE section below for why).
 * **Shape fits** (both): the (asymmetric) generalized Gaussian shape is the value of the grid 0.2:0.001:10
   (built as pyiqa builds it, ``torch.arange`` in float32) whose moment ratio is nearest, first one on ties; a
-  ratio that is NaN (a side with no pixels) picks the first grid value, as ``torch.argmin`` does.
+  ratio that is NaN (a side with no pixels) picks the first grid value, as ``torch.argmin`` does. NIQE compares
+  with float64 ratios, BRISQUE with pyiqa's float32 ones.
 * **NIQE** (Mittal, Soundararajan and Bovik 2013; the LIVE release's ``computequality.m`` as pyiqa ports it):
   the image is cropped to whole 96 x 96 patches from the top left; each patch gives 18 features at full scale
   (AGGD shape and mean scale of the MSCN, then shape, mean, left and right scale of the products with the
@@ -44,6 +46,7 @@ they come from and how to check them).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -114,7 +117,6 @@ class ShapeGrid:
     lg2: np.ndarray  # lgamma(2 / shape)
     lg3: np.ndarray  # lgamma(3 / shape)
     aggd_ratio: np.ndarray  # Gamma(2/a)^2 / (Gamma(1/a) Gamma(3/a)), increasing
-    ggd_ratio: np.ndarray  # Gamma(1/a) Gamma(3/a) / Gamma(2/a)^2, decreasing
 
 
 @functools.lru_cache(maxsize=1)
@@ -125,8 +127,7 @@ def shape_grid() -> ShapeGrid:
     shape = torch.arange(0.2, 10 + 0.001, 0.001).double()
     lg1, lg2, lg3 = (torch.lgamma(k / shape) for k in (1, 2, 3))
     aggd = torch.exp(2 * lg2 - lg1 - lg3)
-    ggd = torch.exp(lg1 + lg3 - 2 * lg2)
-    return ShapeGrid(*(t.numpy() for t in (shape, lg1, lg2, lg3, aggd, ggd)))
+    return ShapeGrid(*(t.numpy() for t in (shape, lg1, lg2, lg3, aggd)))
 
 
 def nearest_index(table: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -218,16 +219,6 @@ def aggd_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return nearest_index(shape_grid().aggd_ratio, r_norm), left, right
 
 
-def ggd_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Generalized Gaussian fit of each row of ``x`` (zero mean): (grid index of the shape, variance)."""
-    variance = (x * x).mean(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = variance / np.abs(x).mean(axis=-1) ** 2
-    # The ratio decreases with the shape; negating both sides keeps the indices and the tie rule.
-    index = nearest_index(-shape_grid().ggd_ratio, -rho)
-    return index, variance
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # NIQE
 
@@ -295,22 +286,84 @@ def niqe(image: np.ndarray, params: NoRefParams | None = None) -> float:
 
 # ----------------------------------------------------------------------------------------------------------------
 # BRISQUE
+#
+# pyiqa computes BRISQUE in torch float32, and float32 rounding moves its scores by up to about 0.01: the SVR's 774
+# terms reach +-1024 and cancel to scores near 0, so differences in the last bits of the features move the sum by
+# ~1e-3. To give pyiqa's numbers, not just close ones, the steps after the resize use the same torch
+# operations, in the same order, on tensors of the same shapes (so the same convolution, reductions and BLAS call),
+# on one thread: torch splits large reductions by thread, which changes their rounding (pyiqa's own scores moved by
+# up to 0.006, 1.2e-2 relative, between 1 and 2 threads on the README's 35 images).
 
 
-def _scale_features(coefficients: np.ndarray) -> list[float]:
-    grid = shape_grid()
-    index, variance = ggd_fit(coefficients.reshape(1, -1).astype(np.float64))
-    features = [grid.shape[index[0]], variance[0]]
+@contextlib.contextmanager
+def _torch_one_thread():
+    """torch on one thread inside the block, then as it was (torch's setting is process-wide)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads != 1:
+        torch.set_num_threads(1)
+    try:
+        yield torch
+    finally:
+        if threads != 1:
+            torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=1)
+def _float32_shape_tables():
+    """pyiqa's float32 tables: the shapes 0.2:0.001:10 and their GGD and AGGD moment ratios, computed in float32."""
+    import torch
+
+    shape = torch.arange(0.2, 10 + 0.001, 0.001, dtype=torch.float32)
+    lg1, lg2, lg3 = (torch.lgamma(k / shape) for k in (1.0, 2.0, 3.0))
+    ggd = torch.exp(lg1 + lg3 - 2 * lg2)
+    aggd = torch.exp(2 * lg2 - (lg1 + lg3))
+    return shape, ggd, aggd
+
+
+def _mscn_float32(y):
+    """BRISQUE's MSCN of a (1, 1, H, W) float32 tensor: the window over zero padding, as :func:`mscn`."""
+    import torch
+    import torch.nn.functional as F
+
+    window = torch.tensor(gaussian_window()).reshape(1, 1, MSCN_SIZE, MSCN_SIZE)
+    pad = (MSCN_SIZE // 2,) * 4
+    mu = F.conv2d(F.pad(y, pad), window)
+    second = F.conv2d(F.pad(y.pow(2), pad), window)
+    sigma = torch.sqrt((second - mu.pow(2)).abs() + float(np.finfo(np.float32).eps))
+    return (y - mu) / (sigma + MSCN_C)
+
+
+def _scale_features(c) -> list:
+    """The 18 features of one scale's MSCN coefficients ``c`` (a (1, 1, H, W) float32 tensor), as (1,) tensors."""
+    import torch
+
+    shape, ggd_table, aggd_table = _float32_shape_tables()
+    whole = (-1, -2)
+    mean_square = c.pow(2).mean(dim=whole)  # (1, 1)
+    ratio = mean_square / c.abs().mean(dim=whole) ** 2
+    # GGD shape, and the variance as pyiqa gives it: the square of the rounded standard deviation
+    features = [shape[(ratio - ggd_table).abs().argmin(dim=-1)], mean_square.sqrt().squeeze(-1).pow(2)]
     for shift in BRISQUE_SHIFTS:
-        products = coefficients * np.roll(coefficients, shift, axis=(0, 1))  # in float32, as pyiqa
-        (i,), (left,), (right,) = aggd_fit(products.reshape(1, -1).astype(np.float64))
-        eta = (right - left) * math.exp(grid.lg2[i] - (grid.lg1[i] + grid.lg3[i]) / 2)
-        features += [grid.shape[i], eta, left * left, right * right]
+        products = c * torch.roll(c, shifts=shift, dims=(-2, -1))
+        negative, positive = products < 0, products > 0
+        left = torch.sqrt((products * negative).pow(2).sum(dim=whole) / negative.sum(dim=whole, dtype=torch.float32))
+        right = torch.sqrt((products * positive).pow(2).sum(dim=whole) / positive.sum(dim=whole, dtype=torch.float32))
+        g = left / right
+        r_hat = products.abs().mean(dim=whole).pow(2) / products.pow(2).mean(dim=whole)
+        r_norm = (r_hat * (g.pow(3) + 1) * (g + 1)) / (g.pow(2) + 1).pow(2)
+        alpha = shape[(aggd_table - r_norm).abs().argmin(dim=-1)]
+        left, right = left.squeeze(-1), right.squeeze(-1)
+        lg = [torch.lgamma(k / alpha) for k in (1.0, 2.0, 3.0)]
+        eta = (right - left) * torch.exp(lg[1] - (lg[0] + lg[2]) / 2)
+        features += [alpha, eta, left.pow(2), right.pow(2)]
     return features
 
 
 def brisque_features(image: np.ndarray) -> np.ndarray:
-    """The 36 unscaled BRISQUE features of an 8-bit RGB or gray image: full scale, then half scale."""
+    """The 36 unscaled BRISQUE features of an 8-bit RGB or gray image: full scale, then half scale (float32 values,
+    returned as float64)."""
     y = luminance(image)
     h, w = y.shape
     if min(h, w) < BRISQUE_MIN_SIZE:
@@ -321,9 +374,11 @@ def brisque_features(image: np.ndarray) -> np.ndarray:
     y = y.astype(np.float32)  # pyiqa computes BRISQUE in float32
     if y.min() == y.max():
         raise EvaluationError("BRISQUE is undefined for a flat image (every pixel has the same luminance)")
-    full = mscn(y, replicate=False)
-    half = mscn(imresize_half(y), replicate=False)
-    return np.array(_scale_features(full) + _scale_features(half))
+    with _torch_one_thread() as torch:
+        features = []
+        for luma in (y, imresize_half(y)):
+            features += _scale_features(_mscn_float32(torch.from_numpy(luma)[None, None]))
+        return torch.cat(features).numpy().astype(np.float64)
 
 
 def brisque(image: np.ndarray, params: NoRefParams | None = None) -> float:
@@ -337,12 +392,19 @@ def brisque(image: np.ndarray, params: NoRefParams | None = None) -> float:
 
 def brisque_from_features(features: np.ndarray, params: NoRefParams | None = None) -> float:
     """The SVR's score of 36 unscaled BRISQUE features: scaled to [-1, 1] by the feature ranges, then
-    ``sum_i coef_i exp(-gamma |f - sv_i|^2) - rho``."""
+    ``sum_i coef_i exp(-gamma |f - sv_i|^2) - rho``, in float32 as pyiqa computes it (features, parameters and
+    every step)."""
     params = params or load_params()
-    low, high = params.brisque_range[:, 0], params.brisque_range[:, 1]
-    scaled = -1.0 + 2.0 * (features - low) / (high - low)
-    distance = ((params.brisque_sv - scaled) ** 2).sum(axis=1)
-    score = float(params.brisque_coef @ np.exp(-params.brisque_gamma * distance) - params.brisque_rho)
+    with _torch_one_thread() as torch:
+        sv, coef, ranges = (
+            torch.tensor(a, dtype=torch.float32) for a in (params.brisque_sv, params.brisque_coef, params.brisque_range)
+        )
+        f = torch.from_numpy(np.asarray(features, dtype=np.float32)).reshape(1, -1)  # (1, 36): a batch of one
+        scaled = -1 + 2 * (f - ranges[:, 0]) / (ranges[:, 1] - ranges[:, 0])
+        # (1, 36, 1) - (1, 36, n), the second a transposed view of the (n, 36) support vectors; summed over the 36
+        distance = (scaled.unsqueeze(-1) - sv.t().unsqueeze(0)).pow(2).sum(dim=1)
+        kernel = torch.exp(-distance * params.brisque_gamma)  # (1, n)
+        score = float((kernel @ coef - params.brisque_rho).item())
     if not math.isfinite(score):
         raise EvaluationError("BRISQUE is undefined for this image (a feature has no finite value)")
     return score
