@@ -24,11 +24,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("drsformer.bench", "time inference or training; compare fast and reference paths"),
     "evaluate": (
         "drsformer.metrics.evaluate",
-        "Y-channel PSNR/SSIM of restored images, as the paper's MATLAB scripts compute them",
+        "Y-channel PSNR/SSIM of restored images as the paper's MATLAB scripts compute them; NIQE/BRISQUE of real "
+        "rain without ground truth, as the authors' pyiqa computes them",
     ),
     "prepare": ("drsformer.data.prepare", "turn a benchmark's original release into train|test/{input,target}"),
     "synth-rain": ("drsformer.data.synth_rain", "write rainy/clean training pairs from a folder of clean photos"),
-    "test": ("drsformer.test", "restore benchmark test sets, save the results and print PSNR/SSIM beside the paper's"),
+    "test": (
+        "drsformer.test",
+        "restore benchmark test sets, save the results and print PSNR/SSIM beside the paper's (NIQE/BRISQUE of "
+        "input and output for real rain without target/)",
+    ),
     "derain": ("drsformer.derain", "derain your own photos of any size (tiling, self-ensemble, alpha, 16-bit)"),
 }
 

@@ -5,6 +5,9 @@
     python -m drsformer.test -opt options/test/all.yml
 
 Each dataset folder holds ``input/`` and ``target/`` with equal file names (what ``drsformer prepare`` writes).
+Real rain has no ground truth: a folder without ``target/`` (holding ``input/``, or the images themselves) is
+restored the same way and scored with NIQE and BRISQUE (pyiqa's definitions, as the authors score real rain, see
+:mod:`drsformer.metrics.noref`), for the rainy input and the restored output side by side; lower is better.
 Every input is restored as the authors' test script does (reflect-pad to a multiple of 8, run, clamp to [0, 1],
 crop, round to uint8), saved losslessly as ``<out>/<dataset>/<input stem>.png`` and scored against its target
 with the dataset's protocol (the paper's, from the benchmark catalogue, unless ``--protocol`` says otherwise).
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -42,6 +46,7 @@ from .inference import (
     restore,
     tensor_to_image,
 )
+from .metrics import noref
 from .metrics.matlab import PROTOCOLS, evaluate_pair
 from .registry import suggest
 
@@ -82,11 +87,13 @@ class DatasetJob:
 
     name: str
     root: Path
-    protocol: str
+    protocol: str | None  # None: not known yet, which is fine for a set without ground truth
     weights: str
     params_key: str = "params"
     benchmark: Benchmark | None = None
-    pairs: list[tuple[Path, Path]] = field(default_factory=list)  # (input, target)
+    pairs: list[tuple[Path, Path | None]] = field(default_factory=list)  # (input, target or None)
+    origin: str = ""  # where the set was named (file key or flag), for messages
+    targetless: bool = False  # no target/: scored with the no-reference metrics
 
 
 @dataclass
@@ -106,6 +113,8 @@ class DatasetResult:
         return math.fsum(i[key] for i in self.images) / self.count if self.images else None
 
     def to_dict(self) -> dict[str, Any]:
+        if self.job.targetless:
+            return self._noref_dict()
         bench = self.job.benchmark
         out = {
             "name": self.job.name,
@@ -122,6 +131,18 @@ class DatasetResult:
         out["failed"] = [{"name": name, "error": reason} for name, reason in self.failed]
         out["images"] = self.images
         return out
+
+    def _noref_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.job.name, "metrics": "no-reference", "count": self.count}
+        out.update({key: self.mean(key) for key in NOREF_KEYS})
+        out.update(seconds=self.seconds, weights=self.job.weights, folder=str(self.job.root))
+        out["failed"] = [{"name": name, "error": reason} for name, reason in self.failed]
+        out["images"] = self.images
+        return out
+
+
+# Per image of a set without ground truth: each metric of the rainy input, then of the restored output.
+NOREF_KEYS = tuple(f"{side}{m}" for m in noref.NOREF_METRICS for side in ("rainy_", ""))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -193,7 +214,8 @@ def plan_from_args(args: argparse.Namespace) -> tuple[list[DatasetJob], dict[str
         bench = benchmarks.find(name)
         # --protocol on the command line wins; then the dataset's own entry, the file's, the benchmark's.
         chosen = args.protocol or entry.get("protocol") or source.get("protocol")
-        protocol = _resolve_protocol(name, chosen, bench, entry["origin"])
+        # An unknown name without a protocol is an error only for a set with ground truth (see check_folders).
+        protocol = _resolve_protocol(name, chosen, bench, entry["origin"]) if chosen or bench else None
         weights = args.weights or entry.get("weights") or settings.get("weights")
         if not weights:
             raise ConfigError(
@@ -201,16 +223,25 @@ def plan_from_args(args: argparse.Namespace) -> tuple[list[DatasetJob], dict[str
                 f"(for all datasets or under datasets.{name})"
             )
         params_key = args.params_key or entry.get("params_key") or settings["params_key"]
-        jobs.append(DatasetJob(name, Path(entry["path"]), protocol, weights, params_key, bench))
+        jobs.append(DatasetJob(name, Path(entry["path"]), protocol, weights, params_key, bench, origin=entry["origin"]))
     return jobs, settings
 
 
 def check_folders(job: DatasetJob) -> None:
-    """Fills ``job.pairs``; a missing or empty folder or unpaired names raise an error naming the folder."""
+    """Fills ``job.pairs``; a missing or empty folder or unpaired names raise an error naming the folder.
+
+    A folder without ``target/`` is a set without ground truth: its inputs are ``input/``, or the folder's own
+    images, paired with None.
+    """
     if not job.root.is_dir():
         dst = job.root.parent if job.root.name == "test" else job.root
         hint = f" (prepare it with: drsformer prepare {job.name} --src RAW --dst {dst})" if job.benchmark else ""
         raise MissingPathError(f"{job.root}: no such folder for dataset {job.name}{hint}")
+    if not (job.root / "target").is_dir():
+        job.pairs, job.targetless = [(path, None) for path in _targetless_inputs(job.root)], True
+        return
+    if job.protocol is None:
+        job.protocol = _resolve_protocol(job.name, None, None, job.origin)  # raises: the name gives no protocol
     folders = {}
     for role in ("input", "target"):
         folder = job.root / role
@@ -221,7 +252,29 @@ def check_folders(job: DatasetJob) -> None:
             raise EvaluationError(f"{folder}: holds no images")
         folders[role] = files
     matching = match_files(folders["input"], folders["target"])
-    job.pairs = matching.check(job.root / "input", job.root / "target")
+    job.pairs = list(matching.check(job.root / "input", job.root / "target"))
+
+
+def _targetless_inputs(root: Path) -> list[Path]:
+    folder = root / "input" if (root / "input").is_dir() else root
+    files = list_images(folder)
+    if files:
+        return files
+    if folder == root:
+        raise MissingPathError(
+            f"{root / 'input'}: no such folder; a test folder holds input/ and target/, or for real rain without "
+            "ground truth input/ alone (or the images themselves)"
+        )
+    raise EvaluationError(f"{folder}: holds no images")
+
+
+def noref_entry(name: str, rainy: np.ndarray, restored: np.ndarray) -> dict[str, Any]:
+    """NIQE and BRISQUE of a rainy 8-bit image and of its restored version; errors name the input file."""
+    try:
+        scores = {f"rainy_{k}": v for k, v in noref.score(rainy).items()} | noref.score(restored)
+    except EvaluationError as err:
+        raise EvaluationError(f"{name}: {err}") from None
+    return {"name": f"{Path(name).stem}.png", **{key: scores[key] for key in NOREF_KEYS}}
 
 
 def load_models(jobs: list[DatasetJob]) -> dict[tuple[str, str], nn.Module]:
@@ -257,8 +310,9 @@ def run_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
     for input_path, target_path in tqdm(job.pairs, desc=job.name, unit="img", disable=not progress):
         try:
-            rainy, target = read_image(input_path), to_uint8(read_image(target_path))
-            if rainy.shape[:2] != target.shape[:2]:
+            rainy = read_image(input_path)
+            target = None if target_path is None else to_uint8(read_image(target_path))
+            if target is not None and rainy.shape[:2] != target.shape[:2]:
                 raise EvaluationError(
                     f"size mismatch: {input_path} is {rainy.shape[1]}x{rainy.shape[0]} but {target_path} is "
                     f"{target.shape[1]}x{target.shape[0]} (width x height)"
@@ -273,6 +327,9 @@ def run_dataset(
                 )
             )
             write_image(out_dir / f"{input_path.stem}.png", restored)
+            if target is None:  # no ground truth: the saved image stays even if it cannot be scored
+                result.images.append(noref_entry(str(input_path), to_uint8(rainy), restored))
+                continue
         except (ImageReadError, ImageWriteError, EvaluationError) as err:
             result.failed.append((input_path.name, str(err)))
             tqdm.write(f"skipped {input_path.name}: {err}", file=sys.stderr)
@@ -290,7 +347,34 @@ def _number(value: float | None, digits: int, signed: bool = False) -> str:
 
 
 def format_table(results: list[DatasetResult]) -> str:
-    """A markdown table, one row per dataset; the paper's numbers and the difference where they apply."""
+    """Markdown tables, one row per dataset: PSNR/SSIM with the paper's numbers and the difference where they
+    apply, then NIQE/BRISQUE of the sets without ground truth."""
+    paired = [r for r in results if not r.job.targetless]
+    real = [r for r in results if r.job.targetless]
+    return "\n\n".join(([_paired_table(paired)] if paired else []) + ([format_noref_table(real)] if real else []))
+
+
+def _images_cell(r: DatasetResult) -> str:
+    return f"{r.count}" + (f" ({len(r.failed)} failed)" if r.failed else "")
+
+
+def format_noref_table(results: list[DatasetResult]) -> str:
+    """NIQE and BRISQUE of the rainy inputs beside those of the restored outputs, one row per dataset."""
+    header = ["dataset", "images"]
+    header += [f"{m.upper()} ↓ {side}" for m in noref.NOREF_METRICS for side in ("rainy", "derained")]
+    header += ["seconds", "images/s"]
+    rows = []
+    for r in results:
+        rate = r.count / r.seconds if r.seconds > 0 else None
+        row = [r.job.name, _images_cell(r)] + [_number(r.mean(key), 4) for key in NOREF_KEYS]
+        rows.append(row + [_number(r.seconds, 1), _number(rate, 2)])
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(cells) + " |" for cells in [header, align, *rows]]
+    note = "No ground truth: NIQE and BRISQUE (pyiqa's definitions); lower is better for both."
+    return "\n".join([*lines, note])
+
+
+def _paired_table(results: list[DatasetResult]) -> str:
     header = ["dataset", "protocol", "images", "PSNR", "SSIM", "seconds", "images/s"]
     paper = any(r.job.benchmark is not None and r.job.benchmark.protocol == r.job.protocol for r in results)
     if paper:
@@ -299,8 +383,7 @@ def format_table(results: list[DatasetResult]) -> str:
     for r in results:
         psnr, ssim = r.mean("psnr"), r.mean("ssim")
         rate = r.count / r.seconds if r.seconds > 0 else None
-        images = f"{r.count}" + (f" ({len(r.failed)} failed)" if r.failed else "")
-        row = [r.job.name, r.job.protocol, images, _number(psnr, 2), _number(ssim, 4)]
+        row = [r.job.name, r.job.protocol, _images_cell(r), _number(psnr, 2), _number(ssim, 4)]
         row += [_number(r.seconds, 1), _number(rate, 2)]
         if paper:
             bench = r.job.benchmark
@@ -352,7 +435,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         action="append",
         metavar="NAME=DIR",
-        help="a test set: DIR holds input/ and target/; NAME picks the protocol (repeatable)",
+        help="a test set: DIR holds input/ and target/, NAME picks the protocol; without target/ (real rain) its "
+        "input/ or its images are scored with NIQE/BRISQUE (repeatable)",
     )
     parser.add_argument(
         "--protocol",
@@ -390,11 +474,12 @@ def run(args: argparse.Namespace) -> int:
     for job in jobs:
         model = models[(job.weights, job.params_key)].to(device)
         variant = "with MEFC" if getattr(model, "has_mefc", True) else "without MEFC"
-        print(
-            f"{job.name}: {len(job.pairs)} pairs in {job.root}, {job.protocol} protocol, weights {job.weights} "
-            f"({variant})",
-            file=sys.stderr,
+        what = (
+            f"{len(job.pairs)} images in {job.root} (no target/: NIQE and BRISQUE of input and output)"
+            if job.targetless
+            else f"{len(job.pairs)} pairs in {job.root}, {job.protocol} protocol"
         )
+        print(f"{job.name}: {what}, weights {job.weights} ({variant})", file=sys.stderr)
         results.append(run_dataset(job, model, out_root / job.name, settings, device, not args.quiet))
         model.to("cpu")  # free the GPU for the next set's weights
     print(format_table(results))
