@@ -20,6 +20,7 @@ from .histogram import Series, histogram_svg
 from .model import RAINY_PREFIX, Column, Metric, Row, difference, mean, number
 
 BOX = 180  # thumbnails are shown within BOX x BOX CSS pixels
+EAGER_ROWS = 8  # the first screen's thumbnails are fetched while the page is parsed; the rest when scrolled to
 ROLES = {"rainy": "rainy", "derained": "derained", "other": "other run", "target": "ground truth"}
 BLUE, GREY, ORANGE = "#1f77b4", "#8c8c8c", "#e6780e"
 
@@ -83,7 +84,7 @@ def _caption(row: Row, role: str, metric: Metric | None) -> str:
     return "" if value is None else f"{metric.format(value)}{metric.unit}"
 
 
-def _picture_cell(row: Row, role: str, metric: Metric | None, page_dir: Path) -> str:
+def _picture_cell(row: Row, role: str, metric: Metric | None, page_dir: Path, lazy: bool = True) -> str:
     picture = row.pictures.get(role)
     other_error = (row.other or {}).get("error") if role == "other" else None
     if picture is None or picture.path is None:
@@ -95,8 +96,9 @@ def _picture_cell(row: Row, role: str, metric: Metric | None, page_dir: Path) ->
         return f'<td class="pic"><a href="{_a(link)}">full size</a><span class="err">{error}</span></td>'
     width, height = fit(picture.size or (BOX, BOX))
     image = (
-        f'<img src="{_a(href(picture.thumb, page_dir))}" width="{width}" height="{height}" loading="lazy" '
-        f'decoding="async" alt="{_a(ROLES[role])}">'
+        f'<img src="{_a(href(picture.thumb, page_dir))}" width="{width}" height="{height}"'
+        + (' loading="lazy"' if lazy else "")
+        + f' decoding="async" alt="{_a(ROLES[role])}">'
     )
     caption = (
         f'<span class="err">{escape(str(other_error))}</span>'
@@ -121,13 +123,14 @@ def _row(rank: int, row: Row, info: PageInfo, page_dir: Path) -> str:
     if row.error:
         name += f'<span class="err">did not run: {escape(row.error)}</span>'
     cells = [f'<td class="rank">{rank}</td>', name + "</td>"]
-    cells += [_picture_cell(row, role, primary, page_dir) for role in info.roles]
+    cells += [_picture_cell(row, role, primary, page_dir, rank > EAGER_ROWS) for role in info.roles]
     cells += [_number_cell(c, c.value(row)) for c in info.columns]
     failed = ' class="failed"' if row.error else ""
     return f'<tr{failed} data-name="{_a(row.name)}"{data}>{"".join(cells)}</tr>'
 
 
-def _head(info: PageInfo) -> str:
+def _table_start(info: PageInfo) -> str:
+    """``<table id="rows">`` with its column widths and header row."""
     cells = ['<th data-col="rank" title="rank in the first order of the page">#</th>']
     cells.append('<th data-col="name" title="sort by name">name</th>')
     cells += [f"<th>{escape(ROLES[role])}</th>" for role in info.roles]
@@ -136,7 +139,11 @@ def _head(info: PageInfo) -> str:
         mark = ' class="sorted" aria-sort="ascending"' if c is info.sorted_by else ""
         title = f"{c.title}; {'higher' if better == 'high' else 'lower'} is better"
         cells.append(f'<th data-col="{c.id}" data-better="{better}" title="{_a(title)}"{mark}>{escape(c.label)}</th>')
-    return f"<thead><tr>{''.join(cells)}</tr></thead>"
+    # Fixed column widths: the browser lays out and paints the first rows before it has read the last one.
+    widths = [44, 240] + [BOX + 14] * len(info.roles) + [max(84, 9 * len(c.label) + 24) for c in info.columns]
+    columns = "".join(f'<col style="width:{w}px">' for w in widths)
+    head = f"<colgroup>{columns}</colgroup><thead><tr>{''.join(cells)}</tr></thead>"
+    return f'<table id="rows" style="width:{sum(widths)}px">{head}'
 
 
 def _mean_of(entry: dict[str, Any], key: str, rows: list[Row]) -> float | None:
@@ -229,6 +236,7 @@ body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,san
 h1{font-size:20px;margin:0 0 4px}
 .facts{color:#555;margin:0 0 10px}
 table{border-collapse:collapse}
+#rows{table-layout:fixed}
 .summary th,.summary td{padding:2px 10px;text-align:right;border-bottom:1px solid #ddd}
 .summary td:first-child{text-align:left;font-weight:600}
 .charts{display:flex;flex-wrap:wrap;gap:12px;margin:10px 0}
@@ -242,7 +250,7 @@ table{border-collapse:collapse}
 #rows th.sorted::after{content:" \\25B2"}#rows th.sorted.best::after{content:" \\25BC"}
 #rows td{border-top:1px solid #ddd;padding:4px 6px;vertical-align:top}
 #rows td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-#rows td.name{max-width:220px;overflow-wrap:anywhere}
+#rows td.name{overflow-wrap:anywhere}
 .pic img{display:block;border:0}
 .cap{display:block;color:#555;font-size:12px}
 .good{color:#17803d}.bad{color:#c0392b}.err{display:block;color:#c0392b;font-size:12px}
@@ -313,9 +321,9 @@ def render(info: PageInfo, rows: list[Row], page_dir: Path) -> str:
             charts(info, rows),
             '<div class="tools"><input id="filter" type="search" placeholder="filter by name" aria-label="filter by '
             f'name"> <span id="shown">{len(rows)} of {len(rows)} images</span> · <span class="note">rows {order}; '
-            "click a column to sort by it (worst first), again for best first; a thumbnail opens the full-size "
+            "click a column to sort by it: ▲ worst first, ▼ best first; a thumbnail opens the full-size "
             "file</span></div>",
-            f'<table id="rows">{_head(info)}<tbody>{body}</tbody></table>',
+            f"{_table_start(info)}<tbody>{body}</tbody></table>",
             f"<script>{SCRIPT}</script></body></html>\n",
         ]
     )
