@@ -53,9 +53,11 @@ def histogram_svg(
     title: str,
     marks: list[tuple[float, str]] | None = None,
     size: tuple[int, int] = (560, 210),
+    cover_marks: bool = False,
 ) -> str:
     """The SVG markup of a histogram of ``series`` (infinite and NaN values are left out and said so),
-    with dashed vertical ``marks`` (value, label), such as the mean."""
+    with dashed vertical ``marks`` (value, label), such as the mean; ``cover_marks`` widens the bins' range to
+    show every mark (such as zero in a histogram of differences)."""
     width, height = size
     left, right, top, bottom = 40, 12, 24, 56
     finite = [[v for v in s.values if math.isfinite(v)] for s in series]
@@ -69,7 +71,8 @@ def histogram_svg(
     if not everything:
         parts.append(f'<text x="{left}" y="{height / 2:.0f}">no values to show</text></svg>')
         return "".join(parts)
-    start, step, n = bin_edges(everything)
+    shown = [v for v, _ in marks or [] if math.isfinite(v)] if cover_marks else []
+    start, step, n = bin_edges(everything + shown)
     per_series = [counts(f, start, step, n) for f in finite]
     peak = max(max(c) for c in per_series) or 1
     plot_w, plot_h = width - left - right, height - top - bottom

@@ -19,7 +19,7 @@ from urllib.parse import quote
 from .histogram import Series, histogram_svg
 from .model import RAINY_PREFIX, Column, Metric, Row, difference, mean, number
 
-BOX = 180  # thumbnails are shown within BOX x BOX CSS pixels
+BOX = 160  # thumbnails are shown within BOX x BOX CSS pixels (4 pictures and 6 numbers fit 1400 pixels)
 EAGER_ROWS = 8  # the first screen's thumbnails are fetched while the page is parsed; the rest when scrolled to
 ROLES = {"rainy": "rainy", "derained": "derained", "other": "other run", "target": "ground truth"}
 BLUE, GREY, ORANGE = "#1f77b4", "#8c8c8c", "#e6780e"
@@ -140,7 +140,7 @@ def _table_start(info: PageInfo) -> str:
         title = f"{c.title}; {'higher' if better == 'high' else 'lower'} is better"
         cells.append(f'<th data-col="{c.id}" data-better="{better}" title="{_a(title)}"{mark}>{escape(c.label)}</th>')
     # Fixed column widths: the browser lays out and paints the first rows before it has read the last one.
-    widths = [44, 240] + [BOX + 14] * len(info.roles) + [max(84, 9 * len(c.label) + 24) for c in info.columns]
+    widths = [40, 180] + [BOX + 14] * len(info.roles) + [78] * len(info.columns)
     columns = "".join(f'<col style="width:{w}px">' for w in widths)
     head = f"<colgroup>{columns}</colgroup><thead><tr>{''.join(cells)}</tr></thead>"
     return f'<table id="rows" style="width:{sum(widths)}px">{head}'
@@ -208,7 +208,7 @@ def charts(info: PageInfo, rows: list[Row]) -> str:
     if versus is not None:
         deltas = [v for r in rows if (v := versus.value(r)) is not None]
         title = f"{m.label} of this run minus the other run's, per image"
-        svgs.append(histogram_svg([Series("images", deltas, ORANGE)], title, [(0.0, "equal")]))
+        svgs.append(histogram_svg([Series("images", deltas, ORANGE)], title, [(0.0, "equal")], cover_marks=True))
     return '<div class="charts">' + "".join(svgs) + "</div>"
 
 
@@ -245,7 +245,7 @@ table{border-collapse:collapse}
 .hist .mark{stroke:#c00;stroke-dasharray:4 3;fill:#c00}
 .tools{margin:10px 0;position:sticky;top:0;background:#fff;padding:6px 0;z-index:2}
 .tools input{font:inherit;padding:3px 6px;width:260px}
-#rows th{position:sticky;top:40px;background:#f0f0f0;padding:4px 6px;z-index:1;text-align:left}
+#rows th{position:sticky;top:40px;background:#f0f0f0;padding:4px 6px;z-index:1;text-align:left;vertical-align:bottom}
 #rows th[data-col]{cursor:pointer;user-select:none}
 #rows th.sorted::after{content:" \\25B2"}#rows th.sorted.best::after{content:" \\25BC"}
 #rows td{border-top:1px solid #ddd;padding:4px 6px;vertical-align:top}
