@@ -148,7 +148,7 @@ def test_page_links_rows_order_and_numbers_equal_the_json(tmp_path, weights) -> 
     by_name = {i["name"]: i for i in entry["images"]}
     psnr, psnr_cell = column(page, "PSNR")
     ssim, ssim_cell = column(page, "SSIM")
-    gain, gain_cell = column(page, "PSNR gain")
+    gain, gain_cell = column(page, "ΔPSNR vs rainy")
     values = [float(r[psnr]) for r in page.rows]
     assert values == sorted(values) and len(set(values)) == 4
     for row in page.rows:
@@ -290,10 +290,10 @@ def test_no_reference_metrics_fill_the_same_columns(tmp_path) -> None:
     page = Page(page_path.read_text(encoding="utf-8"))
     targets_exist(page_path, page)
     labels = [h["text"] for h in page.heads]
-    assert labels == ["#", "name", "rainy", "derained", "NIQE", "BRISQUE", "NIQE gain", "BRISQUE gain"]
+    assert labels == ["#", "name", "rainy", "derained", "NIQE", "BRISQUE", "ΔNIQE vs rainy", "ΔBRISQUE vs rainy"]
     assert [h.get("data-better") for h in page.heads[4:]] == ["low"] * 4
     assert [r["data-name"] for r in page.rows] == ["y.png", "z.png", "x.png"]  # highest NIQE first
-    gain, cell = column(page, "NIQE gain")
+    gain, cell = column(page, "ΔNIQE vs rainy")
     assert [r["cells"][cell] for r in page.rows] == ["-0.500", "-2.000", "-3.000"]
     assert [float(r[gain]) for r in page.rows] == [-0.5, -2.0, -3.0]
     assert "PSNR" not in labels and "ground truth" not in labels

@@ -122,7 +122,7 @@ def columns_for(metrics: list[Metric], rows: list[Row], compare: bool) -> list[C
     for i, m in enumerate(metrics):
         if any(RAINY_PREFIX + m.key in row.values for row in rows):
             title = f"{m.label} of the derained image minus that of the rainy input"
-            columns.append(Column(f"g{i}", f"{m.label} gain", m, "gain", title))
+            columns.append(Column(f"g{i}", f"Δ{m.label} vs rainy", m, "gain", title))
     if compare:
         for i, m in enumerate(metrics):
             title = f"{m.label} of this run minus that of the other run"

@@ -155,7 +155,7 @@ def _mean_of(entry: dict[str, Any], key: str, rows: list[Row]) -> float | None:
 def summary_table(info: PageInfo, rows: list[Row]) -> str:
     """Mean of each metric: this run, the rainy input, the paper, and the other run when comparing."""
     entry, compare = info.entry, info.other_source is not None
-    head = ["", "this run", "rainy input", "gain"]
+    head = ["", "this run", "rainy input", "Δ vs rainy"]
     has_paper = any(number(entry.get(f"paper_{m.key}")) is not None for m in info.metrics)
     if has_paper:
         head += ["paper", "vs paper"]
