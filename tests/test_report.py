@@ -186,7 +186,7 @@ def test_an_unreadable_image_leaves_a_row_that_says_so(tmp_path, weights) -> Non
     assert [r["data-name"] for r in page.rows][0] == "im1.png" and len(page.rows) == 3  # failed rows first
     failed = page.rows[0]
     assert failed["class"] == "failed" and "did not run" in failed["cells"][1] and "cannot decode" in failed["cells"][1]
-    assert "cannot read" in failed["cells"][2]  # the rainy picture cell says why it has no thumbnail
+    assert "im1.png: cannot decode" in failed["cells"][2]  # the rainy picture cell says why it has no thumbnail
     assert failed["data-v0"] == "" and failed["cells"][column(page, "PSNR")[1]] == "-"
     assert not list(page_path.parent.glob(".*.tmp"))  # atomic writes leave no temporary files
 
@@ -219,6 +219,13 @@ def test_compare_to_another_run_ranks_by_the_difference(tmp_path, weights, capsy
     text = page_path.read_text(encoding="utf-8")
     assert "scored against this run&#x27;s targets" in text
     assert [float(r[delta]) for r in Page(text).rows] == values
+    # an image the other run lacks: its row says so, has no difference, and comes first
+    (tmp_path / "a" / "Rain200H" / "im2.png").unlink()
+    run_test(weights[1], data, tmp_path / "b", "--compare-to", str(tmp_path / "a"))
+    page = Page(page_path.read_text(encoding="utf-8"))
+    targets_exist(page_path, page)
+    first = page.rows[0]
+    assert first["data-name"] == "im2.png" and first[delta] == "" and "im2.png: no such file" in first["cells"][4]
 
 
 def _error(capsys, argv: list[str]) -> str:

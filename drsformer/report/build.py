@@ -51,12 +51,13 @@ def make_thumbnails(rows: list[Row], thumbs: Thumbnails, progress: bool = False)
             if picture.path is None:
                 continue
             if not picture.path.is_file():
-                picture.path, picture.error = None, f"{picture.path}: no such file"
+                picture.error = f"{picture.path}: no such file"
+                picture.path = None
                 continue
             try:
                 picture.thumb, picture.size = thumbs.make(picture.path, role, picture.path.stem)
-            except (ImageReadError, ImageWriteError) as err:
-                picture.error = f"cannot read: {err}"
+            except (ImageReadError, ImageWriteError) as err:  # the message names the file and what is wrong
+                picture.error = str(err)
     thumbs.save()
 
 
