@@ -119,7 +119,7 @@ def _number_cell(column: Column, value: float | None) -> str:
 def _row(rank: int, row: Row, info: PageInfo, page_dir: Path) -> str:
     primary = info.metrics[0] if info.metrics else None
     data = "".join(f' data-{c.id}="{data_value(c.value(row))}"' for c in info.columns)
-    name = f'<td class="name">{escape(row.name)}'
+    name = f'<td class="name">{escape(row.name).replace("_", "_<wbr>").replace("-", "-<wbr>")}'  # breaks at _ and -
     if row.error:
         name += f'<span class="err">did not run: {escape(row.error)}</span>'
     cells = [f'<td class="rank">{rank}</td>', name + "</td>"]
@@ -139,8 +139,8 @@ def _table_start(info: PageInfo) -> str:
         mark = ' class="sorted" aria-sort="ascending"' if c is info.sorted_by else ""
         title = f"{c.title}; {'higher' if better == 'high' else 'lower'} is better"
         cells.append(f'<th data-col="{c.id}" data-better="{better}" title="{_a(title)}"{mark}>{escape(c.label)}</th>')
-    # Fixed column widths: the browser lays out and paints the first rows before it has read the last one.
-    widths = [40, 180] + [BOX + 14] * len(info.roles) + [78] * len(info.columns)
+    # Fixed column widths: columns keep their place when rows are sorted or filtered.
+    widths = [40, 160] + [BOX + 14] * len(info.roles) + [78] * len(info.columns)
     columns = "".join(f'<col style="width:{w}px">' for w in widths)
     head = f"<colgroup>{columns}</colgroup><thead><tr>{''.join(cells)}</tr></thead>"
     return f'<table id="rows" style="width:{sum(widths)}px">{head}'
