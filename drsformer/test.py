@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import benchmarks, config
+from . import benchmarks, config, report
 from .benchmarks import Benchmark
 from .config import Field, Ignored, Mapping, Section, check_section
 from .data.io import list_images, match_files, name_list, read_image, to_uint8, write_image
@@ -75,6 +75,8 @@ SCHEMA: dict[str, Any] = {
     "tile": _optional("int"),
     "tile_overlap": Ignored("tiles are exact, so they need no overlap"),
     "batch": Ignored("exact tiling runs one tile at a time"),
+    "report": Field("bool", False),
+    "compare_to": _optional("str"),
     "datasets": Mapping(Section(DATASET_SCHEMA)),
 }
 # Settings a command-line flag of the same name overrides: all but the name and the datasets.
@@ -122,6 +124,8 @@ class DatasetResult:
             "count": self.count,
             "psnr": self.mean("psnr"),
             "ssim": self.mean("ssim"),
+            "rainy_psnr": self.mean("rainy_psnr"),
+            "rainy_ssim": self.mean("rainy_ssim"),
             "seconds": self.seconds,
             "weights": self.job.weights,
             "folder": str(self.job.root),
@@ -133,7 +137,7 @@ class DatasetResult:
         return out
 
     def _noref_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.job.name, "metrics": "no-reference", "count": self.count}
+        out: dict[str, Any] = {"name": self.job.name, "protocol": NO_REFERENCE, "count": self.count}
         out.update({key: self.mean(key) for key in NOREF_KEYS})
         out.update(seconds=self.seconds, weights=self.job.weights, folder=str(self.job.root))
         out["failed"] = [{"name": name, "error": reason} for name, reason in self.failed]
@@ -141,6 +145,8 @@ class DatasetResult:
         return out
 
 
+# The protocol of a set without ground truth, in the JSON and scores.json.
+NO_REFERENCE = "no-reference"
 # Per image of a set without ground truth: each metric of the rainy input, then of the restored output.
 NOREF_KEYS = tuple(f"{side}{m}" for m in noref.NOREF_METRICS for side in ("rainy_", ""))
 
@@ -335,7 +341,16 @@ def run_dataset(
             tqdm.write(f"skipped {input_path.name}: {err}", file=sys.stderr)
             continue
         score = evaluate_pair(restored, target, job.protocol)
-        result.images.append({"name": f"{input_path.stem}.png", "psnr": score.psnr, "ssim": score.ssim})
+        before = evaluate_pair(to_uint8(rainy), target, job.protocol)  # the rainy input: what the model gained
+        result.images.append(
+            {
+                "name": f"{input_path.stem}.png",
+                "psnr": score.psnr,
+                "ssim": score.ssim,
+                "rainy_psnr": before.psnr,
+                "rainy_ssim": before.ssim,
+            }
+        )
     result.seconds = time.perf_counter() - start
     return result
 
@@ -458,6 +473,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--self-ensemble", action="store_true", default=None, help="average the 8 flips and rotations (8x slower)"
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        default=None,
+        help="also write <out>/<NAME>/report.html: one page per set, every image as rainy | derained | ground "
+        "truth with its scores, worst first (thumbnails in <out>/<NAME>/thumbs/)",
+    )
+    parser.add_argument(
+        "--compare-to",
+        metavar="DIR",
+        default=None,
+        help="the --out folder of another test run: the report adds its derained image and the per-image "
+        f"difference, worst first (implies --report). Scores come from DIR/<NAME>/{report.SCORES_FILE}, which "
+        "every run writes, when it used the same protocol; otherwise DIR/<NAME>/<stem>.png are scored",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -467,8 +497,11 @@ def run(args: argparse.Namespace) -> int:
     settings = InferenceSettings(options["precision"], options["tile"] or None, options["self_ensemble"]).check()
     for job in jobs:  # every folder and pairing first, then every checkpoint: fail before any image runs
         check_folders(job)
-    models = load_models(jobs)
     out_root = Path(options["out"])
+    compare_to = Path(options["compare_to"]) if options.get("compare_to") else None
+    if compare_to is not None:
+        report.check_other_run(compare_to, out_root, [job.name for job in jobs])
+    models = load_models(jobs)
     print(f"device {device}, {settings.describe()}; results in {out_root}/", file=sys.stderr)
     results = []
     for job in jobs:
@@ -482,6 +515,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{job.name}: {what}, weights {job.weights} ({variant})", file=sys.stderr)
         results.append(run_dataset(job, model, out_root / job.name, settings, device, not args.quiet))
         model.to("cpu")  # free the GPU for the next set's weights
+        entry = results[-1].to_dict()
+        report.write_scores(out_root / job.name, entry)  # what a later --compare-to reads
+        if options["report"] or compare_to is not None:
+            page = report.report_dataset(entry, job.pairs, out_root / job.name, compare_to, not args.quiet)
+            print(f"{job.name}: report {page}", file=sys.stderr)
     print(format_table(results))
     failed = sum(len(r.failed) for r in results)
     if options.get("json"):

@@ -49,7 +49,7 @@ def test_targetless_set_is_restored_and_scored_side_by_side(tmp_path, weights, c
     assert "lower is better for both" in captured.out and "PSNR" not in captured.out
     assert "(no target/: NIQE and BRISQUE of input and output)" in captured.err
     (entry,) = json.loads(report.read_text())["datasets"]
-    assert entry["metrics"] == "no-reference" and entry["count"] == 2 and entry["failed"] == []
+    assert entry["protocol"] == "no-reference" and entry["count"] == 2 and entry["failed"] == []
     inputs = data / "input" if layout == "input" else data
     for image in entry["images"]:
         restored = read_image(out / "TestReal" / image["name"])
@@ -111,3 +111,25 @@ def test_shipped_real_rain_options_file() -> None:
         "TestReal": {"path": "datasets/TestReal", "weights": None, "params_key": None, "protocol": None}
     }
     assert options["weights"] == "pretrained/SPA.pth" and options["json"] == "results/TestReal.json"
+
+
+def test_report_and_compare_to_on_real_rain(tmp_path, weights, capsys) -> None:
+    from html.parser import HTMLParser
+
+    data = rainy_photos(tmp_path / "real" / "input").parent
+    argv = ["test", "--weights", str(weights), "--data", f"mine={data}", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b"), "--report", "--compare-to", str(tmp_path / "a")]) == 0
+    page = (tmp_path / "b" / "mine" / "report.html").read_text()
+    texts: list[str] = []
+
+    class Text(HTMLParser):
+        def handle_data(self, data: str) -> None:
+            texts.append(data.strip())
+
+    Text().feed(page)
+    assert "NIQE" in texts and "BRISQUE" in texts and "PSNR" not in texts
+    scores = json.loads((tmp_path / "a" / "mine" / "scores.json").read_text())
+    assert scores["protocol"] == "no-reference"
+    assert f"{scores['images'][0]['niqe']:.3f}" in texts  # the other run's scores, from its scores.json
+    capsys.readouterr()
