@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from .archs import DRSformer
 from .archs.drsformer import IMPL_PARTS, IMPLS
 from .cli import add_model_arguments, model_from_args, parse_size
+from .devices import resolve_device
 from .errors import ConfigError
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .precision import PRECISIONS, autocast
 
 
 @dataclass
@@ -96,8 +96,7 @@ class _Runner:
         self.device = image.device
         self.image = image
         self.model = model.set_activation_checkpointing(settings.activation_checkpointing)
-        dtype = PRECISIONS[settings.precision]
-        self.autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        self.autocast = autocast(self.device, settings.precision)
         self.net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if settings.compile else model
         if settings.mode == "train":
             model.train()
@@ -285,7 +284,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="infer",
         help="infer: forward only; train: forward + L1 loss + backward + AdamW step",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument(
         "--precision",
         choices=list(PRECISIONS),
@@ -323,8 +322,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available to this PyTorch build")
+    args.device = str(resolve_device(args.device))
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     unknown = [p for p in parts if p not in IMPL_PARTS]
     if unknown or not parts:

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-# How each MATLAB script scores (see drsformer.metrics.matlab); ``skimage`` is the common Python-only number.
-PROTOCOLS = ("restormer", "rcdnet")
+# The scoring protocols (see drsformer.metrics): the two MATLAB scripts the paper used (each benchmark names one of
+# them), and ``skimage``, the number many Python-only papers report. Every list of protocols in the package is this.
+PAPER_PROTOCOLS = ("restormer", "rcdnet")
+PROTOCOLS = (*PAPER_PROTOCOLS, "skimage")
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@
   from others with ``base: other.yml`` (or a list, merged in order; paths relative to the file): mappings merge
   key by key, any other value (lists included) replaces. Then each ``a.b.c=VALUE`` override is applied, VALUE
   parsed the same way (``[1,1,1,1]``, ``2e3``, ``true``, ``~``).
-* ``resolve_options(raw)`` checks every key against :data:`SCHEMA` and the registered classes a ``type:``
-  names, fills defaults (the paper's recipe), and returns plain nested dicts. An unknown key or a wrong type is
+* ``resolve_options(raw)`` checks every key against :data:`SCHEMA` (through the engine in
+  :mod:`drsformer.schema`) and the registered classes a ``type:`` names, fills defaults (the paper's recipe),
+  then checks ranges and combinations, and returns plain nested dicts. An unknown key or a wrong type is
   a :class:`~drsformer.errors.ConfigError` naming the key path, with the closest valid key when there is one.
   Keys of the authors' files that mean nothing here are accepted and reported once each by ``ignored``.
 """
@@ -13,16 +14,19 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .benchmarks import PROTOCOLS
 from .errors import ConfigError, MissingPathError
+from .precision import PRECISIONS as PRECISION_TABLE
 from .registry import (
     ARCH_REGISTRY,
     DATASET_REGISTRY,
@@ -30,13 +34,12 @@ from .registry import (
     METRIC_REGISTRY,
     OPTIMIZER_REGISTRY,
     SCHEDULER_REGISTRY,
-    Registry,
     check_kwargs,
     suggest,
 )
+from .schema import REQUIRED, Field, Ignored, Mapping, Section, Typed, Validator, join, type_name
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-REQUIRED = object()
+PRECISIONS = tuple(PRECISION_TABLE)
 
 
 class _SafeLoader(yaml.SafeLoader):
@@ -162,57 +165,39 @@ def read_training_options(path: str | os.PathLike, overrides: Iterable[str] = ()
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Schema
-
-
-@dataclass(frozen=True)
-class Field:
-    """One option: its kind (``int``, ``float``, ``bool``, ``str``, ``ints``, ``any``), default, and choices."""
-
-    kind: str
-    default: Any = REQUIRED
-    choices: tuple[Any, ...] = ()
-    nullable: bool = False
-
-
-@dataclass(frozen=True)
-class Ignored:
-    """A key of the authors' files that means nothing here; ``why`` is said once when it appears."""
-
-    why: str
-
-
-@dataclass(frozen=True)
-class Typed:
-    """A ``type:`` section built through ``registry``; ``runtime`` keys are supplied by the program."""
-
-    registry: Registry
-    default: dict[str, Any] | None = None
-    positional: int = 0
-    runtime: tuple[str, ...] = ()
-    optional: bool = False
-
-
-@dataclass(frozen=True)
-class Section:
-    fields: dict[str, Any]
-    optional: bool = False
-
-
-@dataclass(frozen=True)
-class Mapping:
-    """A free mapping whose every value follows ``value`` (e.g. ``val.metrics``)."""
-
-    value: Any
-    default: dict[str, Any] = field(default_factory=dict)
+# The training schema
 
 
 @dataclass(frozen=True)
 class DatasetSection:
-    """A ``datasets.<phase>`` section: loader keys (here) plus the dataset class's own keys."""
+    """A ``datasets.<phase>`` section: loader keys (:data:`TRAIN_LOADER_KEYS`, :data:`VAL_LOADER_KEYS`) plus the
+    dataset class's own keys, checked against its arguments."""
 
     phase: str
     optional: bool = False
+
+    def validate(self, validator: Validator, value: Any, present: bool, where: str) -> dict[str, Any] | None:
+        if not present:
+            if self.optional:
+                return None
+            raise ConfigError(f"{where}: missing required section")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a dataset section, got {type_name(value)} {value!r}")
+        loader_keys = TRAIN_LOADER_KEYS if self.phase == "train" else VAL_LOADER_KEYS
+        dataset_type = value.get("type", "PairedImageDataset")
+        target = DATASET_REGISTRY.get(dataset_type, where)
+        given = {k: v for k, v in value.items() if k not in loader_keys and k not in ("type", "phase")}
+        try:
+            check_kwargs(target, given, where)
+        except ConfigError as err:
+            # Loader keys are valid too: say so in the suggestion.
+            key = str(err).split(":")[0].rsplit(".", 1)[-1]
+            if "unknown key" in str(err):
+                valid = [*loader_keys, *[p for p in inspect.signature(target).parameters if p != "phase"]]
+                raise ConfigError(f"{join(where, key)}: unknown key{suggest(key, valid)}") from None
+            raise
+        loader = validator.section(loader_keys, {k: v for k, v in value.items() if k in loader_keys}, where)
+        return {"type": dataset_type, "phase": self.phase, **given, **loader}
 
 
 def _f(kind: str, default: Any = REQUIRED, *choices: Any, nullable: bool = False) -> Field:
@@ -292,7 +277,9 @@ SCHEMA: dict[str, Any] = {
             "activation_checkpointing": _f("bool", False),
             "ema_decay": _f("float", 0.0),
             "max_bad_steps": _f("int", 5),
+            "max_skipped_steps": _f("int", 20),
             "max_rollbacks": _f("int", 3),
+            "tf32": _f("bool", True),
             "time_budget": _maybe("float"),
             "optim_d": Ignored("there is no discriminator"),
         }
@@ -343,148 +330,9 @@ class Resolved:
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (key path, why)
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def coerce(value: Any, spec: Field, where: str) -> Any:
-    """``value`` as ``spec.kind``; integral floats count as integers (YAML ``!!float 1e3``)."""
-    if value is None:
-        if spec.nullable:
-            return None
-        raise ConfigError(f"{where}: a value is required (got null)")
-    kind = spec.kind
-    if kind == "int" or kind == "ints":
-        items = value if kind == "ints" else [value]
-        if kind == "ints" and not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list of integers, got {_type_name(value)} {value!r}")
-        out = []
-        for item in items:
-            if isinstance(item, bool) or not isinstance(item, (int, float)) or float(item) != int(item):
-                raise ConfigError(f"{where}: expected an integer, got {_type_name(item)} {item!r}")
-            out.append(int(item))
-        value = out if kind == "ints" else out[0]
-    elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {_type_name(value)} {value!r}")
-        value = float(value)
-    elif kind == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {_type_name(value)} {value!r}")
-    elif kind == "str":
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {_type_name(value)} {value!r}")
-    if spec.choices and value not in spec.choices:
-        raise ConfigError(f"{where}: expected one of {', '.join(map(str, spec.choices))}, got {value!r}")
-    return value
-
-
-class _Validator:
-    def __init__(self) -> None:
-        self.ignored: list[tuple[str, str]] = []
-
-    def section(self, fields: dict[str, Any], given: Any, path: str) -> dict[str, Any]:
-        if given is None:
-            given = {}
-        if not isinstance(given, dict):
-            raise ConfigError(f"{path}: expected a section (a mapping), got {_type_name(given)} {given!r}")
-        valid = [k for k, v in fields.items() if not isinstance(v, Ignored)]
-        for key in given:
-            if key not in fields:
-                raise ConfigError(f"{_join(path, key)}: unknown key{suggest(str(key), valid)}")
-        out: dict[str, Any] = {}
-        for key, spec in fields.items():
-            where = _join(path, key)
-            if isinstance(spec, Ignored):
-                if key in given:
-                    self.ignored.append((where, spec.why))
-                continue
-            out[key] = self.value(spec, given.get(key), key in given, where)
-        return out
-
-    def value(self, spec: Any, value: Any, present: bool, where: str) -> Any:
-        if isinstance(spec, Field):
-            if not present:
-                if spec.default is REQUIRED:
-                    raise ConfigError(f"{where}: missing required key")
-                return copy.deepcopy(spec.default)
-            return coerce(value, spec, where)
-        if isinstance(spec, Section):
-            if not present and not spec.optional:
-                raise ConfigError(f"{where}: missing required section")
-            return self.section(spec.fields, value, where)
-        if isinstance(spec, Typed):
-            return self.typed(spec, value, present, where)
-        if isinstance(spec, Mapping):
-            if not present or value is None:
-                value = spec.default
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: expected a mapping, got {_type_name(value)} {value!r}")
-            return {str(k): self.value(spec.value, v, True, _join(where, str(k))) for k, v in value.items()}
-        if isinstance(spec, DatasetSection):
-            if not present:
-                if spec.optional:
-                    return None
-                raise ConfigError(f"{where}: missing required section")
-            return self.dataset(spec.phase, value, where)
-        raise TypeError(f"bad schema entry at {where}: {spec!r}")
-
-    def typed(self, spec: Typed, value: Any, present: bool, where: str) -> dict[str, Any] | None:
-        if not present or value is None:
-            if spec.optional and not present:
-                return None
-            if spec.default is None:
-                raise ConfigError(f"{where}: missing required section")
-            return copy.deepcopy(spec.default)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a section with a 'type' key, got {_type_name(value)} {value!r}")
-        if spec.default is not None and value.get("type", spec.default["type"]) == spec.default["type"]:
-            value = {**spec.default, **value}  # keys given without a type (or with the default's) refine the default
-        if "type" not in value:
-            raise ConfigError(f"{where}.type: missing required key (one of: {', '.join(spec.registry.names())})")
-        target = spec.registry.get(value["type"], where)
-        kwargs = {k: v for k, v in value.items() if k != "type"}
-        check_kwargs(target, kwargs, where, given=spec.positional, supplied=set(spec.runtime))
-        return dict(value)
-
-    def dataset(self, phase: str, value: Any, where: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a dataset section, got {_type_name(value)} {value!r}")
-        loader_keys = TRAIN_LOADER_KEYS if phase == "train" else VAL_LOADER_KEYS
-        dataset_type = value.get("type", "PairedImageDataset")
-        target = DATASET_REGISTRY.get(dataset_type, where)
-        given = {k: v for k, v in value.items() if k not in loader_keys and k not in ("type", "phase")}
-        try:
-            check_kwargs(target, given, where)
-        except ConfigError as err:
-            # Loader keys are valid too: say so in the suggestion.
-            key = str(err).split(":")[0].rsplit(".", 1)[-1]
-            if "unknown key" in str(err):
-                valid = [*loader_keys, *[p for p in _parameters(target) if p != "phase"]]
-                raise ConfigError(f"{_join(where, key)}: unknown key{suggest(key, valid)}") from None
-            raise
-        loader = self.section(loader_keys, {k: v for k, v in value.items() if k in loader_keys}, where)
-        return {"type": dataset_type, "phase": phase, **given, **loader}
-
-
-def _parameters(fn: Callable[..., Any]) -> list[str]:
-    import inspect
-
-    return list(inspect.signature(fn).parameters)
-
-
-def check_section(fields: dict[str, Any], given: Any, where: str = "") -> dict[str, Any]:
-    """``given`` checked against a schema section (``Field``, ``Section``, ``Mapping`` ...), defaults filled."""
-    return _Validator().section(fields, given, where)
-
-
 def resolve_options(raw: dict[str, Any]) -> Resolved:
     """Validates ``raw`` (from :func:`load_options`) and fills the defaults."""
-    validator = _Validator()
+    validator = Validator()
     schema = dict(SCHEMA)
     datasets = raw.get("datasets") or {}
     if isinstance(datasets, dict):
@@ -506,11 +354,41 @@ def resolve_options(raw: dict[str, Any]) -> Resolved:
     return Resolved(options, validator.ignored)
 
 
+# Options that must be at least 1 (or 0), by key path.
+AT_LEAST = {
+    "train.total_iter": 1,
+    "train.grad_accum_steps": 1,
+    "train.max_bad_steps": 1,
+    "train.max_skipped_steps": 1,
+    "train.max_rollbacks": 0,
+    "val.val_freq": 1,
+    "val.plateau_patience": 1,
+    "val.grid_images": 0,
+    "logger.print_freq": 1,
+    "logger.save_checkpoint_freq": 1,
+    "logger.keep_checkpoints": 1,
+}
+
+
 def _check_combinations(options: dict[str, Any]) -> None:
+    for key, low in AT_LEAST.items():
+        section, name = key.split(".")
+        if options[section][name] < low:
+            raise ConfigError(f"{key}: must be at least {low}, got {options[section][name]}")
     train = options["train"]
-    for key in ("total_iter", "grad_accum_steps"):
-        if train[key] < 1:
-            raise ConfigError(f"train.{key}: must be at least 1, got {train[key]}")
+    if train["grad_clip_norm"] is not None and train["grad_clip_norm"] <= 0:
+        raise ConfigError(
+            f"train.grad_clip_norm: must be positive (leave it unset for no clipping), got {train['grad_clip_norm']}"
+        )
+    if train["time_budget"] is not None and train["time_budget"] <= 0:
+        raise ConfigError(f"train.time_budget: must be positive seconds, got {train['time_budget']}")
+    val = options["val"]
+    if val["tile"] is not None and val["tile"] != 0:
+        from .inference import InferenceSettings  # the one check of inference settings
+
+        InferenceSettings(train["precision"], val["tile"], val["self_ensemble"]).check("val.tile")
+    if val["protocol"] is not None and val["protocol"] not in PROTOCOLS:
+        raise ConfigError(f"val.protocol: expected one of {', '.join(PROTOCOLS)}, got {val['protocol']!r}")
     if not 0 <= train["ema_decay"] < 1:
         raise ConfigError(f"train.ema_decay: must be in [0, 1) (0 turns EMA off), got {train['ema_decay']}")
     if train["effective_batch_size"] is not None and train["grad_accum_steps"] != 1:
@@ -526,8 +404,6 @@ def _check_combinations(options: dict[str, Any]) -> None:
         raise ConfigError("datasets.train.batch_size_per_gpu: missing (or give mini_batch_sizes, iters, gt_sizes)")
     if not progressive and data.get("gt_size") is None:
         raise ConfigError("datasets.train.gt_size: missing required key (the crop size)")
-    if options["val"]["val_freq"] < 1:
-        raise ConfigError(f"val.val_freq: must be at least 1, got {options['val']['val_freq']}")
 
 
 def dump_options(options: dict[str, Any], path: str | os.PathLike) -> None:
@@ -542,7 +418,7 @@ def describe_differences(old: dict[str, Any], new: dict[str, Any], path: str = "
     """Dotted keys whose values differ between two resolved option trees."""
     out = []
     for key in sorted(set(old) | set(new), key=str):
-        where = _join(path, str(key))
+        where = join(path, str(key))
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += describe_differences(a, b, where)

@@ -25,9 +25,10 @@ import cv2
 import numpy as np
 import torch
 
-from .config import load_options, resolve_options
+from .config import read_training_options
 from .data.io import read_image, to_uint8, write_image
 from .data.synth_rain import add_rain, pair_rng
+from .devices import resolve_device
 from .errors import ConfigError, MissingPathError
 
 # scikit-image's bundled photos (skimage/data inside the wheel). Training: colour and grey natural images.
@@ -247,104 +248,139 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
-    from .archs import from_checkpoint
-    from .engine.trainer import train
-    from .inference import InferenceSettings
+def _make_data(out: Path, args: argparse.Namespace) -> tuple[dict[str, int], Any]:
+    """1/4: the rainy photos, and the held-out set's scores before training."""
     from .metrics.evaluate import evaluate_folders
-    from .test import DatasetJob, check_folders, run_dataset
-
-    if args.minutes <= 0 or args.size < 16:
-        raise ConfigError("--minutes must be positive and --size at least 16")
-    if not OPTIONS_FILE.is_file():
-        raise MissingPathError(f"{OPTIONS_FILE}: the demo's options file is missing; run the demo from a checkout")
-    out = Path(args.out)
-    started = time.perf_counter()
-    _prepare_out(out)
-    timings: dict[str, float] = {}
 
     print(f"1/4 making rainy photos from scikit-image's bundled images into {out / 'data'}", flush=True)
     counts = make_data(out / "data", args.seed, args.size)
-    timings["data_s"] = time.perf_counter() - started
     before = evaluate_folders(out / "data/test/input", out / "data/test/target", "restormer", workers=1, progress=False)
     print(
         f"    {counts['train']} training pairs from {len(TRAIN_PHOTOS)} photos; {counts['test']} held-out pairs from "
         f"{', '.join(Path(p).stem for p in HELD_OUT_PHOTOS)}; rainy input Y-PSNR {before.psnr:.2f} dB",
         flush=True,
     )
+    return counts, before
 
-    base = resolve_options(load_options(OPTIONS_FILE, [f"manual_seed={args.seed}"])).options
+
+def _train(out: Path, args: argparse.Namespace) -> tuple[dict[str, Any], Path, list[dict[str, Any]], float]:
+    """2/4: fits the schedule to the time budget and trains; returns the options, the run folder, the validation
+    records and when training began (wall clock)."""
+    from .engine.trainer import train
+
+    base = read_training_options(OPTIONS_FILE, [f"manual_seed={args.seed}"]).options
     budget = args.minutes * 60
     step = seconds_per_iteration(base, args.device)
     iterations = int(budget / step * 0.9)  # validation and saving take the rest
     crop = min(base["datasets"]["train"]["gt_size"], args.size // 8 * 8)  # photos smaller than a crop: smaller crops
     overrides = plan_overrides(out, iterations, budget, args.max_iterations, crop)
-    options = resolve_options(load_options(OPTIONS_FILE, [f"manual_seed={args.seed}", *overrides])).options
-    total = options["train"]["total_iter"]
+    options = read_training_options(OPTIONS_FILE, [f"manual_seed={args.seed}", *overrides]).options
+    data = options["datasets"]["train"]
     print(
         f"2/4 training {options['network_g']} for {args.minutes:g} min on {args.device}: about {step:.2f} s per "
-        f"iteration of {options['datasets']['train']['batch_size_per_gpu']} crops of "
-        f"{options['datasets']['train']['gt_size']}x{options['datasets']['train']['gt_size']}, schedule fitted to "
-        f"{total} iterations",
+        f"iteration of {data['batch_size_per_gpu']} crops of {data['gt_size']}x{data['gt_size']}, schedule fitted "
+        f"to {options['train']['total_iter']} iterations",
         flush=True,
     )
     torch.manual_seed(args.seed)
-    train_start, train_start_clock = time.perf_counter(), time.time()
+    began = time.time()
     run_dir = train(options, device=args.device, progress=not args.no_progress)
-    timings["train_s"] = time.perf_counter() - train_start
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     validations = [r for r in records if r["kind"] == "val"]
     if not validations:
         raise ConfigError(f"{run_dir / 'log.jsonl'}: the training run recorded no validation")
-    iterations_done = validations[-1]["iter"]
+    return options, run_dir, validations, began
+
+
+def _evaluate(out: Path, checkpoint: Path, device: str) -> tuple[Any, int]:
+    """3/4: the held-out photos through the test path; returns the result and the model's parameter count."""
+    from .archs import from_checkpoint
+    from .inference import InferenceSettings
+    from .test import DatasetJob, check_folders, run_dataset
 
     print("3/4 restoring the held-out photos through the test path (restormer protocol)", flush=True)
-    checkpoint = run_dir / "models" / "net_g_latest.pth"
-    model = from_checkpoint(checkpoint).eval().to(args.device)
+    model = from_checkpoint(checkpoint).eval().to(device)
     job = DatasetJob("held-out", out / "data" / "test", "restormer", str(checkpoint))
     check_folders(job)
-    eval_start = time.perf_counter()
-    result = run_dataset(job, model, out / "derained", InferenceSettings(), args.device, progress=False)
-    timings["eval_s"] = time.perf_counter() - eval_start
-    after_psnr, after_ssim = result.mean("psnr"), result.mean("ssim")
+    result = run_dataset(job, model, out / "derained", InferenceSettings(), device, progress=False)
+    return result, sum(p.numel() for p in model.parameters())
 
+
+def _pictures(out: Path, before: Any, result: Any, points: list[tuple[float, float]]) -> None:
+    """4/4: the comparison picture (heavy-rain photos) and the training curve."""
     print("4/4 writing the pictures and the summary", flush=True)
-    rows = []
     by_name = {image["name"]: image for image in before.images}
     shown = [image for image in result.images if "_heavy_" in image["name"]] or result.images
-    for image in shown:
-        name = image["name"]
-        rows.append(
-            {
-                "rainy": read_image(out / "data/test/input" / name),
-                "derained": read_image(out / "derained" / name),
-                "clean": read_image(out / "data/test/target" / name),
-                "rainy_psnr": by_name[name]["psnr"],
-                "derained_psnr": image["psnr"],
-            }
-        )
+    rows = [
+        {
+            "rainy": read_image(out / "data/test/input" / image["name"]),
+            "derained": read_image(out / "derained" / image["name"]),
+            "clean": read_image(out / "data/test/target" / image["name"]),
+            "rainy_psnr": by_name[image["name"]]["psnr"],
+            "derained_psnr": image["psnr"],
+        }
+        for image in shown
+    ]
     write_image(out / "comparison.png", comparison_picture(rows))
-    points = [(v["time"] - train_start_clock, v["psnr"]) for v in validations]
     write_image(out / "training_curve.png", curve_picture(points, before.psnr))
 
+
+def _print_summary(out: Path, summary: dict[str, Any], run_dir: Path) -> None:
+    before, after = summary["psnr_before"], summary["psnr_after"]
+    checkpoint = summary["checkpoint"]
+    print(
+        f"\nheld-out Y-PSNR {before:.2f} dB -> {after:.2f} dB ({after - before:+.2f} dB), "
+        f"SSIM {summary['ssim_before']:.4f} -> {summary['ssim_after']:.4f}, after {summary['iterations']} iterations "
+        f"in {summary['timings']['train_s'] / 60:.1f} min ({summary['parameters']:,} parameters)"
+    )
+    print(f"  comparison picture  {out / 'comparison.png'}  (rainy | derained | clean)")
+    print(f"  training curve      {out / 'training_curve.png'}")
+    print(f"  checkpoint          {checkpoint}")
+    print(f"  TensorBoard run     {run_dir / 'tb'}  (tensorboard --logdir {run_dir / 'tb'})")
+    print(f"  summary             {out / 'summary.json'}")
+    print("\nnext steps:")
+    print(f"  derain your photos:      drsformer derain --weights {checkpoint} -i my_photos/ -o derained/")
+    print("  benchmark a checkpoint:  drsformer test -opt options/test/Rain200H.yml   (weights in pretrained/)")
+    print("  train on Rain200H:       drsformer prepare Rain200H --src RAW --dst datasets/Rain200H")
+    print("                           drsformer train -opt options/train/Rain200H.yml")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.minutes <= 0 or args.size < 16:
+        raise ConfigError("--minutes must be positive and --size at least 16")
+    args.device = str(resolve_device(args.device))
+    if not OPTIONS_FILE.is_file():
+        raise MissingPathError(f"{OPTIONS_FILE}: the demo's options file is missing; run the demo from a checkout")
+    out, started, timings = Path(args.out), time.perf_counter(), {}
+    _prepare_out(out)
+    counts, before = _make_data(out, args)
+    timings["data_s"] = time.perf_counter() - started
+    options, run_dir, validations, began = _train(out, args)
+    timings["train_s"] = time.perf_counter() - started - timings["data_s"]
+    checkpoint = run_dir / "models" / "net_g_latest.pth"
+    result, parameters = _evaluate(out, checkpoint, args.device)
+    timings["eval_s"] = time.perf_counter() - started - timings["data_s"] - timings["train_s"]
+    points = [(v["time"] - began, v["psnr"]) for v in validations]
+    _pictures(out, before, result, points)
     timings["total_s"] = time.perf_counter() - started
+    iterations, by_name = validations[-1]["iter"], {image["name"]: image for image in before.images}
     summary = {
         "budget_minutes": args.minutes,
         "device": args.device,
         "seed": args.seed,
-        "iterations": iterations_done,
-        "planned_iterations": total,
-        "seconds_per_iteration": timings["train_s"] / max(iterations_done, 1),
+        "iterations": iterations,
+        "planned_iterations": options["train"]["total_iter"],
+        "seconds_per_iteration": timings["train_s"] / max(iterations, 1),
         "model": options["network_g"],
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": parameters,
         "train_pairs": counts["train"],
         "held_out_pairs": counts["test"],
         "protocol": "restormer",
         "psnr_before": before.psnr,
         "ssim_before": before.ssim,
-        "psnr_after": after_psnr,
-        "ssim_after": after_ssim,
-        "psnr_gain": after_psnr - before.psnr,
+        "psnr_after": result.mean("psnr"),
+        "ssim_after": result.mean("ssim"),
+        "psnr_gain": result.mean("psnr") - before.psnr,
         "timings": timings,
         "curve": [{"seconds": t, "psnr": p} for t, p in points],
         "images": [
@@ -359,22 +395,7 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": str(checkpoint),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-
-    print(
-        f"\nheld-out Y-PSNR {before.psnr:.2f} dB -> {after_psnr:.2f} dB ({after_psnr - before.psnr:+.2f} dB), "
-        f"SSIM {before.ssim:.4f} -> {after_ssim:.4f}, after {iterations_done} iterations in "
-        f"{timings['train_s'] / 60:.1f} min ({summary['parameters']:,} parameters)"
-    )
-    print(f"  comparison picture  {out / 'comparison.png'}  (rainy | derained | clean)")
-    print(f"  training curve      {out / 'training_curve.png'}")
-    print(f"  checkpoint          {checkpoint}")
-    print(f"  TensorBoard run     {run_dir / 'tb'}  (tensorboard --logdir {run_dir / 'tb'})")
-    print(f"  summary             {out / 'summary.json'}")
-    print("\nnext steps:")
-    print(f"  derain your photos:      drsformer derain --weights {checkpoint} -i my_photos/ -o derained/")
-    print("  benchmark a checkpoint:  drsformer test -opt options/test/Rain200H.yml   (weights in pretrained/)")
-    print("  train on Rain200H:       drsformer prepare Rain200H --src RAW --dst datasets/Rain200H")
-    print("                           drsformer train -opt options/train/Rain200H.yml")
+    _print_summary(out, summary, run_dir)
     return 0
 
 

@@ -21,21 +21,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from torch import nn
 from tqdm import tqdm
 
 from .data.io import ImageWithAlpha, list_images, name_list, read_image_with_alpha, write_image
-from .errors import ConfigError, ImageReadError, ImageWriteError, MissingPathError
-from .inference import (
-    PRECISIONS,
-    InferenceSettings,
-    default_device,
-    image_to_tensor,
-    pick_tile,
-    restore,
-    tensor_to_image,
-)
+from .devices import resolve_device
+from .errors import ConfigError, ImageReadError, ImageWriteError, MissingPathError, OutOfMemory
+from .inference import InferenceSettings, image_to_tensor, pick_tile, restore_or_explain, tensor_to_image
+from .precision import PRECISIONS
 
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
 
@@ -66,17 +59,13 @@ def input_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-def derain_image(model: nn.Module, image: ImageWithAlpha, settings: InferenceSettings, progress: bool) -> np.ndarray:
+def derain_image(
+    model: nn.Module, image: ImageWithAlpha, settings: InferenceSettings, progress: bool, name: str = "image"
+) -> np.ndarray:
     """The restored image as it is to be written: the input's bit depth, gray or RGB, alpha copied back."""
     dtype = image.rgb.dtype
-    restored = restore(
-        model,
-        image_to_tensor(image.rgb),  # stays on the CPU; tiles go to the model's device one at a time
-        settings.precision,
-        tile=settings.tile,
-        self_ensemble=settings.self_ensemble,
-        progress=progress,
-    )
+    # The image stays on the CPU; tiles go to the model's device one at a time.
+    restored = restore_or_explain(model, image_to_tensor(image.rgb), settings, name, progress=progress)
     out = tensor_to_image(restored, dtype)
     if image.alpha is not None:
         return np.dstack([out, image.alpha])  # gray + alpha: RGBA (the encoders do not write gray + alpha)
@@ -110,7 +99,12 @@ class DerainReport:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="a published checkpoint or a training run's net_g_*.pth")
-    parser.add_argument("--params-key", default="params", help="weights inside the checkpoint: params or params_ema")
+    parser.add_argument(
+        "--params-key",
+        default=None,
+        help="weights inside the checkpoint: params or params_ema (default: the ones a training run validated, "
+        "params_ema with EMA, else params)",
+    )
     parser.add_argument("-i", "--input", required=True, help="a photo, or a folder of photos")
     parser.add_argument("-o", "--output", required=True, help="folder for the derained photos (same names)")
     parser.add_argument(
@@ -129,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .archs import from_checkpoint
+    from .archs.checkpoint import load_model
 
     files = input_files(args.input)
     out_dir = Path(args.output)
@@ -139,11 +133,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"-o {out_dir}: is the input folder; outputs keep their names, so choose another folder")
     if not 1 <= args.jpeg_quality <= 100:
         raise ConfigError(f"--jpeg-quality must be between 1 and 100, got {args.jpeg_quality}")
-    device = args.device or default_device()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: PyTorch sees no CUDA GPU; use --device cpu")
+    device = resolve_device(args.device)
     InferenceSettings(args.precision, None, args.self_ensemble).check()
-    model = from_checkpoint(args.weights, key=args.params_key).eval().to(device)
+    model, note = load_model(args.weights, args.params_key)
+    model = model.eval().to(device)
+    if note:
+        print(f"{args.weights}: {note}", file=sys.stderr)
     tile = args.tile
     if tile == "auto":
         tile, reason = pick_tile(model, device, args.precision)
@@ -159,9 +154,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         try:
             image = read_image_with_alpha(path)
-            out = derain_image(model, image, settings, progress=not args.quiet)
+            out = derain_image(model, image, settings, progress=not args.quiet, name=str(path))
             write_image(target, out, encode_params(target, args.jpeg_quality))
-        except (ImageReadError, ImageWriteError) as err:
+        except (ImageReadError, ImageWriteError, OutOfMemory) as err:  # reported; the next image goes on
             report.failed.append((path, str(err)))
             tqdm.write(f"drsformer derain: skipped {err}", file=sys.stderr)
             continue

@@ -46,3 +46,7 @@ class PrepareError(DrsformerError, ValueError):
 
 class TrainingError(DrsformerError, RuntimeError):
     """A training run that cannot go on (repeated non-finite losses, out of memory, ...); says what to change."""
+
+
+class OutOfMemory(DrsformerError, RuntimeError):
+    """The device ran out of memory; the message says where and which option lowers the memory needed."""

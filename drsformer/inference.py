@@ -19,28 +19,21 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from . import tiling
-from .errors import ConfigError
+from .devices import default_device, is_out_of_memory  # noqa: F401 (default_device: part of this interface)
+from .errors import ConfigError, OutOfMemory
+from .precision import PRECISIONS, autocast, check_precision  # noqa: F401 (PRECISIONS: as above)
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # --tile auto on CPU (see scripts/bench_tiling.py): larger tiles recompute less of the halos.
 CPU_DEFAULT_TILE = 512
 TILE_MULTIPLE = 8  # tile sides are multiples of the model's size multiple
 AUTO_TILE_LIMITS = (64, 4096)  # --tile auto on CUDA picks within these (multiples of 64)
-
-
-def autocast(device: torch.device | str, precision: str) -> torch.autocast:
-    """``torch.autocast`` for ``precision`` (fp32: disabled)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
-    device_type = torch.device(device).type
-    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 @dataclass(frozen=True)
@@ -54,8 +47,7 @@ class InferenceSettings:
     def check(self, tile_key: str = "--tile") -> InferenceSettings:
         """Returns itself; raises :class:`ConfigError` naming the option (``tile_key``) for a value that cannot
         work."""
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if self.tile is not None and self.tile < TILE_MULTIPLE:
             raise ConfigError(
                 f"{tile_key} must be at least {TILE_MULTIPLE} pixels (or 0 for whole images), got {self.tile}"
@@ -145,6 +137,27 @@ def restore(
     return out.to(image.device).clamp_(0, 1)
 
 
+def restore_or_explain(
+    model: nn.Module, image: Tensor, settings: InferenceSettings, where: str, tile_key: str = "--tile", **options: Any
+) -> Tensor:
+    """:func:`restore` with ``settings``; running out of memory becomes an :class:`OutOfMemory` naming ``where``
+    (the image) and ``tile_key`` (the option that bounds the memory)."""
+    try:
+        return restore(
+            model, image, settings.precision, tile=settings.tile, self_ensemble=settings.self_ensemble, **options
+        )
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+        device = _model_device(model, image.device)
+        size = "x".join(map(str, image.shape[-2:]))
+        hint = f"a smaller {tile_key}" if settings.tile else f"{tile_key} 512"
+        raise OutOfMemory(
+            f"{where}: out of memory on {device} restoring {size} pixels; use {hint} (tiles are exact: the result "
+            "does not change, only the memory and the time)"
+        ) from None
+
+
 def image_to_tensor(image: np.ndarray) -> Tensor:
     """1 x 3 x H x W float32 in [0, 1] from an H x W x 3 uint8 or uint16 RGB array."""
     scale = 255.0 if image.dtype == np.uint8 else 65535.0
@@ -184,7 +197,7 @@ def pick_tile(model: nn.Module, device: torch.device | str, precision: str = "fp
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
     with torch.inference_mode(), autocast(device, precision):
-        model(torch.rand(1, channels, probe, probe, device=device))
+        model(torch.rand(1, channels, probe, probe, device=_model_device(model, device)))
     torch.cuda.synchronize(device)
     per_pixel = max(1, torch.cuda.max_memory_allocated(device) - base) / probe**2
     side = int(math.sqrt(0.5 * free / per_pixel)) // 64 * 64
@@ -194,8 +207,3 @@ def pick_tile(model: nn.Module, device: torch.device | str, precision: str = "fp
         f"about {per_pixel / 1024:.1f} KiB per pixel measured at {probe}x{probe}"
     )
     return tile, reason
-
-
-def default_device() -> str:
-    """``cuda`` when a GPU is usable, else ``cpu``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -29,26 +29,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 from tqdm import tqdm
 
 from . import benchmarks, config, report
 from .benchmarks import Benchmark
-from .config import Field, Ignored, Mapping, Section, check_section
 from .data.io import list_images, match_files, name_list, read_image, to_uint8, write_image
+from .devices import resolve_device
 from .errors import ConfigError, EvaluationError, ImageReadError, ImageWriteError, MissingPathError
-from .inference import (
-    PRECISIONS,
-    InferenceSettings,
-    default_device,
-    image_to_tensor,
-    restore,
-    tensor_to_image,
-)
+from .inference import InferenceSettings, image_to_tensor, restore_or_explain, tensor_to_image
 from .metrics import noref
 from .metrics.matlab import PROTOCOLS, evaluate_pair
+from .precision import PRECISIONS
 from .registry import suggest
+from .schema import Field, Ignored, Mapping, Section, check_section
 
 
 def _optional(kind: str) -> Field:
@@ -65,7 +59,7 @@ DATASET_SCHEMA: dict[str, Any] = {
 SCHEMA: dict[str, Any] = {
     "name": _optional("str"),
     "weights": _optional("str"),
-    "params_key": Field("str", "params"),
+    "params_key": _optional("str"),  # default: what the file says its run validated, else params
     "protocol": _optional("str"),
     "out": Field("str", "results"),
     "json": _optional("str"),
@@ -91,7 +85,7 @@ class DatasetJob:
     root: Path
     protocol: str | None  # None: not known yet, which is fine for a set without ground truth
     weights: str
-    params_key: str = "params"
+    params_key: str | None = None  # None: the file's validated weights, else params
     benchmark: Benchmark | None = None
     pairs: list[tuple[Path, Path | None]] = field(default_factory=list)  # (input, target or None)
     origin: str = ""  # where the set was named (file key or flag), for messages
@@ -283,9 +277,9 @@ def noref_entry(name: str, rainy: np.ndarray, restored: np.ndarray) -> dict[str,
     return {"name": f"{Path(name).stem}.png", **{key: scores[key] for key in NOREF_KEYS}}
 
 
-def load_models(jobs: list[DatasetJob]) -> dict[tuple[str, str], nn.Module]:
+def load_models(jobs: list[DatasetJob]) -> dict[tuple[str, str | None], nn.Module]:
     """Every distinct (weights, params_key), loaded on the CPU in eval mode; errors name the file."""
-    from .archs import from_checkpoint
+    from .archs.checkpoint import load_model
 
     for job in jobs:  # all missing files are reported before the (slow) loading starts
         if not os.path.isfile(job.weights):
@@ -294,7 +288,10 @@ def load_models(jobs: list[DatasetJob]) -> dict[tuple[str, str], nn.Module]:
     for job in jobs:
         key = (job.weights, job.params_key)
         if key not in models:
-            models[key] = from_checkpoint(job.weights, key=job.params_key).eval()
+            model, note = load_model(job.weights, job.params_key)
+            models[key] = model.eval()
+            if note:
+                print(f"{job.weights}: {note}", file=sys.stderr)
     return models
 
 
@@ -323,15 +320,8 @@ def run_dataset(
                     f"size mismatch: {input_path} is {rainy.shape[1]}x{rainy.shape[0]} but {target_path} is "
                     f"{target.shape[1]}x{target.shape[0]} (width x height)"
                 )
-            restored = tensor_to_image(
-                restore(
-                    model,
-                    image_to_tensor(rainy).to(device),
-                    settings.precision,
-                    tile=settings.tile,
-                    self_ensemble=settings.self_ensemble,
-                )
-            )
+            tensor = image_to_tensor(rainy).to(device)
+            restored = tensor_to_image(restore_or_explain(model, tensor, settings, f"{job.name}/{input_path.name}"))
             write_image(out_dir / f"{input_path.stem}.png", restored)
             if target is None:  # no ground truth: the saved image stays even if it cannot be scored
                 result.images.append(noref_entry(str(input_path), to_uint8(rainy), restored))
@@ -431,20 +421,14 @@ def report_dict(results: list[DatasetResult], weights: str | None, settings: Inf
     }
 
 
-def _device(name: str | None) -> str:
-    device = name or default_device()
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"device: unknown device {device!r}; use cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device} asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    return device
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-opt", "--opt", metavar="FILE", help="test options file (options/test/*.yml)")
     parser.add_argument("--weights", help="checkpoint for every dataset (overrides the options file)")
     parser.add_argument(
-        "--params-key", default=None, help="weights inside the checkpoint: params (default) or params_ema"
+        "--params-key",
+        default=None,
+        help="weights inside the checkpoint: params or params_ema (default: the ones a training run validated, "
+        "params_ema with EMA, else params)",
     )
     parser.add_argument(
         "--data",
@@ -493,7 +477,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     jobs, options = plan_from_args(args)
-    device = _device(options.get("device"))
+    device = str(resolve_device(options.get("device"), "device"))
     settings = InferenceSettings(options["precision"], options["tile"] or None, options["self_ensemble"]).check()
     for job in jobs:  # every folder and pairing first, then every checkpoint: fail before any image runs
         check_folders(job)

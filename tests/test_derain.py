@@ -176,3 +176,42 @@ def test_read_image_with_alpha_kinds(tmp_path) -> None:
     write_image(tmp_path / "g.png", gray)
     loaded = read_image_with_alpha(tmp_path / "g.png")
     assert loaded.gray and loaded.alpha is None and np.array_equal(loaded.rgb, np.dstack([gray] * 3))
+
+
+def test_out_of_memory_on_one_photo_names_it_and_the_others_go_on(tmp_path, model_file, capsys, monkeypatch) -> None:
+    weights, model = model_file
+    forward = DRSformer.forward
+
+    def limited(self, x):  # a GPU that cannot hold more than 1000 pixels at once
+        if x.shape[-2] * x.shape[-1] > 1000:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+        return forward(self, x)
+
+    monkeypatch.setattr(DRSformer, "forward", limited)
+    rng = np.random.default_rng(3)
+    write_image(tmp_path / "in" / "big.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    write_image(tmp_path / "in" / "small.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    argv = ["derain", "--weights", str(weights), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--quiet"]
+    assert main([*argv, "--tile", "0"]) == 1
+    captured = capsys.readouterr()
+    assert f"{tmp_path / 'in' / 'big.png'}: out of memory on cpu restoring 40x40 pixels; use --tile 512" in captured.err
+    assert "1 failed: big.png" in captured.out and (tmp_path / "out" / "small.png").is_file()
+    # With tiles the same photo fits: exact tiling never calls the whole network on the whole image.
+    assert main([*argv, "--tile", "16", "--overwrite"]) == 0
+
+
+def test_a_training_runs_ema_weights_are_used_by_default(tmp_path, model_file, capsys) -> None:
+    _, model = model_file
+    torch.manual_seed(7)
+    ema = DRSformer(**TINY, mefc=False).eval()
+    weights = tmp_path / "net_g_best.pth"
+    torch.save({"params": model.state_dict(), "params_ema": ema.state_dict(), "validated": "params_ema"}, weights)
+    rgb = np.random.default_rng(5).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    write_image(tmp_path / "x.png", rgb)
+    argv = ["derain", "--weights", str(weights), "-i", str(tmp_path / "x.png"), "--quiet"]
+    assert main([*argv, "-o", str(tmp_path / "a")]) == 0
+    assert "using params_ema: the weights this run validated" in capsys.readouterr().err
+    assert np.array_equal(cv2.cvtColor(_raw(tmp_path / "a" / "x.png"), cv2.COLOR_BGR2RGB), expected_rgb(ema, rgb))
+    assert main([*argv, "-o", str(tmp_path / "b"), "--params-key", "params"]) == 0
+    assert "using params_ema" not in capsys.readouterr().err
+    assert np.array_equal(cv2.cvtColor(_raw(tmp_path / "b" / "x.png"), cv2.COLOR_BGR2RGB), expected_rgb(model, rgb))

@@ -97,6 +97,29 @@ def test_uint_conversions_round_trip() -> None:
         assert np.array_equal(tensor_to_image(tensor, dtype), image)
 
 
-def test_auto_tile_on_cpu_is_the_default() -> None:
-    tile, reason = pick_tile(local_net(), "cpu")
-    assert tile == CPU_DEFAULT_TILE and "cpu" in reason
+def test_auto_tile_on_cuda_fits_half_the_free_memory(monkeypatch) -> None:
+    """The CUDA probe, with torch.cuda's memory queries answered by hand: 8 GiB free, and a probe pass whose peak
+    is 10 KiB per pixel above what was allocated before it."""
+    probe_pixels = 128 * 128
+    calls = []
+    fake = {
+        "mem_get_info": lambda device=None: (8 * 2**30, 80 * 2**30),
+        "memory_allocated": lambda device=None: 3 * 2**20,
+        "max_memory_allocated": lambda device=None: 3 * 2**20 + probe_pixels * 10 * 1024,
+        "reset_peak_memory_stats": lambda device=None: calls.append("reset"),
+        "synchronize": lambda device=None: calls.append("sync"),
+        "get_device_name": lambda device=None: "Fake GPU",
+    }
+    for name, fn in fake.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    seen = []
+    net = local_net()
+    net.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    tile, reason = pick_tile(net, "cuda")
+    # sqrt(0.5 * 8 GiB / 10 KiB) = 647.6 pixels, rounded down to a multiple of 64
+    assert tile == 640 and reason == "tile 640: 8.0 GiB free on Fake GPU, about 10.0 KiB per pixel measured at 128x128"
+    assert seen == [(1, 3, 128, 128)] and calls[:2] == ["sync", "reset"]
+    fake["mem_get_info"] = lambda device=None: (2**40, 2**40)  # a huge GPU: capped
+    monkeypatch.setattr(torch.cuda, "mem_get_info", fake["mem_get_info"])
+    assert pick_tile(net, "cuda")[0] == 4096
+    assert pick_tile(net, "cpu") == (CPU_DEFAULT_TILE, f"tile {CPU_DEFAULT_TILE}: the default on cpu")

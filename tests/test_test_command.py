@@ -257,3 +257,24 @@ def test_evaluate_command_offers_skimage(tmp_path, capsys) -> None:
     argv = ["evaluate", "--restored", str(data / "input"), "--gt", str(data / "target"), "--protocol", "skimage"]
     assert main([*argv, "--workers", "1", "--quiet"]) == 0
     assert "images: 2 pairs, skimage protocol" in capsys.readouterr().out
+
+
+def test_out_of_memory_stops_with_one_line_naming_the_image_and_tile(tmp_path, weights, capsys, monkeypatch) -> None:
+    forward = DRSformer.forward
+
+    def limited(self, x):
+        if x.shape[-2] * x.shape[-1] > 1000:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+        return forward(self, x)
+
+    monkeypatch.setattr(DRSformer, "forward", limited)
+    data = tmp_path / "Rain200H"
+    rng = np.random.default_rng(0)
+    for folder in ("input", "target"):
+        write_image(data / folder / "1.png", rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    argv = ["test", "--weights", str(weights), "--data", f"Rain200H={data}", "--out", str(tmp_path / "r"), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("drsformer test: error: Rain200H/1.png: out of memory on cpu restoring 40x48 pixels")
+    assert "use --tile 512 (tiles are exact" in err
+    assert main([*argv, "--tile", "16"]) == 0  # exact tiles: the same scores, in less memory

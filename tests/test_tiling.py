@@ -153,7 +153,7 @@ def test_other_architectures_fall_back_to_whole_images() -> None:
     net = torch.nn.Conv2d(3, 3, 3, padding=1).eval()
     assert not tiling.supports(net)
     x = torch.rand(1, 3, 40, 40)
-    with torch.no_grad():
+    with torch.no_grad(), pytest.warns(UserWarning, match="exact tiling knows DRSformer, not Conv2d: running whole"):
         assert torch.equal(restore(net, x, tile=16), net(x).clamp(0, 1))
 
 

@@ -14,14 +14,14 @@ import torch
 import yaml
 from conftest import DATA, make_pairs
 
-from drsformer.archs import from_checkpoint
+from drsformer.archs import DRSformer, from_checkpoint
 from drsformer.cli import main
 from drsformer.config import load_options, resolve_options
 from drsformer.engine.optim import CosineAnnealingRestartCyclicLR, CosineAnnealingRestartLR
 from drsformer.engine.trainer import Trainer
 from drsformer.errors import ConfigError, TrainingError
 from drsformer.losses import L1Loss
-from drsformer.registry import LOSS_REGISTRY
+from drsformer.registry import ARCH_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY
 
 TINY_NET = ["network_g.dim=8", "network_g.num_blocks=[1,1,1,1]", "network_g.heads=[1,2,4,8]"]
 
@@ -156,6 +156,7 @@ def test_a_run_killed_after_a_save_resumes_to_bit_identical_weights(tmp_path) ->
     again = torch.load(tmp_path / "run/models/net_g_latest.pth", weights_only=True)
     for key in ("params", "params_ema"):
         assert all(torch.equal(whole[key][k], again[key][k]) for k in whole[key]), key
+    assert whole["validated"] == "params_ema"  # the run validated its EMA weights: test and derain take them
     # log.jsonl holds each iteration once, as if the run had never stopped.
     iterations = [r["iter"] for r in _records(tmp_path / "run", "train")]
     assert iterations == [4, 8, 12, 16]
@@ -221,7 +222,8 @@ def test_a_second_run_into_the_same_folder_must_say_resume(tmp_path, capsys) -> 
 
 
 def test_two_gloo_processes_under_torchrun_end_with_the_same_weights(tmp_path) -> None:
-    options = _tiny_options(tmp_path, train={"total_iter": 4}, val={"val_freq": 2})
+    # Two micro-batches of 2 crops per process and step: DDP's no_sync runs on the first one.
+    options = _tiny_options(tmp_path, train={"total_iter": 4, "effective_batch_size": 8}, val={"val_freq": 2})
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     command += ["-m", "drsformer.train", "-opt", str(options), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -231,6 +233,7 @@ def test_two_gloo_processes_under_torchrun_end_with_the_same_weights(tmp_path) -
     (replicas,) = _records(run, "replicas")
     assert replicas["processes"] == 2 and replicas["max_difference"] == 0.0
     assert "2 process(es) on cpu" in (run / "train.log").read_text()
+    assert "batch per step [8] (batch x accumulation x processes)" in (run / "train.log").read_text()
     # Validation is sharded (one image per process) and the sums all-reduced: both images are counted.
     assert "validation val (2 images" in (run / "train.log").read_text()
     assert result.stdout.count("done: weights in") == 1  # only rank 0 reports
@@ -317,8 +320,10 @@ def test_two_accumulated_batches_of_two_equal_one_batch_of_four(tmp_path) -> Non
         Trainer(resolved).run(progress_bar=False)
         weights[name] = _weights(tmp_path / name / "models/net_g_latest.pth")
     difference = max((weights["accum"][k] - weights["plain"][k]).abs().max().item() for k in weights["plain"])
-    initial = max(v.abs().max().item() for v in weights["plain"].values())
-    assert difference < 1e-6 and initial > 0
+    torch.manual_seed(3)  # the runs' seed: their initial weights
+    initial = DRSformer(**{k: v for k, v in resolved["network_g"].items() if k != "type"}).state_dict()
+    moved = max((weights["plain"][k] - initial[k]).abs().max().item() for k in initial)
+    assert difference < 1e-6 and moved > 1e-3  # the step moved the weights, the same way
 
 
 # ---------------------------------------------------------------- the NaN guard
@@ -337,8 +342,39 @@ class NaNOnCalls(L1Loss):
         return loss * float("nan") if self.calls in self.nan_calls else loss
 
 
-if "NaNOnCalls" not in LOSS_REGISTRY:
-    LOSS_REGISTRY.add(NaNOnCalls)
+class ScaledOnCalls(L1Loss):
+    """L1 loss times ``factor`` on the listed calls: finite, but its fp16 gradients overflow."""
+
+    def __init__(self, calls: list[int], factor: float, loss_weight: float = 1.0, reduction: str = "mean") -> None:
+        super().__init__(loss_weight, reduction)
+        self.scaled_calls, self.factor, self.calls = set(calls), factor, 0
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = super().forward(prediction, target)
+        return loss * self.factor if self.calls in self.scaled_calls else loss
+
+
+def FailingMetric(fail_at: int):  # noqa: N802 (a metric factory, named as options files name it)
+    """PSNR that raises on its ``fail_at``-th image."""
+    from drsformer.metrics import torch_metrics
+
+    calls = [0]
+
+    def psnr(restored: torch.Tensor, target: torch.Tensor, protocol: str) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == fail_at:
+            raise RuntimeError("metric failed")
+        return torch_metrics.psnr(restored, target, protocol)
+
+    return psnr
+
+
+for _loss in (NaNOnCalls, ScaledOnCalls):
+    if _loss.__name__ not in LOSS_REGISTRY:
+        LOSS_REGISTRY.add(_loss)
+if "FailingMetric" not in METRIC_REGISTRY:
+    METRIC_REGISTRY.add(FailingMetric)
 
 
 def test_a_non_finite_loss_skips_the_step_and_is_counted(tmp_path) -> None:
@@ -348,7 +384,7 @@ def test_a_non_finite_loss_skips_the_step_and_is_counted(tmp_path) -> None:
     run = tmp_path / "run"
     (skip,) = _records(run, "skip")
     assert skip["iter"] == 2 and skip["loss"] is None
-    assert "iteration 2: non-finite loss or gradient" in (run / "train.log").read_text()
+    assert "iteration 2: non-finite loss (loss nan, grad norm nan); step skipped" in (run / "train.log").read_text()
     state = torch.load(run / "training_states/6.state", weights_only=True)
     assert state["progress"]["bad_steps_total"] == 1 and state["progress"]["rollbacks"] == 0
     assert all(torch.isfinite(v).all() for v in _weights(run / "models/net_g_latest.pth").values())
@@ -372,29 +408,174 @@ def test_repeated_non_finite_losses_reload_the_last_state_with_half_the_rate(tmp
     assert state["progress"]["lr_factor"] == 0.5 and state["progress"]["bad_steps_total"] == 2
 
 
+def test_a_streak_that_straddles_a_save_rolls_back_to_before_it(tmp_path) -> None:
+    """Iterations 3 to 5 fail; the save due at 4 falls inside the streak, so it is not made, and the rollback
+    returns to 2 (a state saved at 4 would hold the streak's weights, and every retry would fail alike)."""
+    options = _tiny_options(
+        tmp_path,
+        train={"total_iter": 6, "max_bad_steps": 3, "pixel_opt": {"type": "NaNOnCalls", "nan_calls": [3, 4, 5]}},
+        logger={"print_freq": 1, "save_checkpoint_freq": 2, "use_tb_logger": False},
+        val={"val_freq": 100},
+    )
+    Trainer(resolve_options(load_options(options)).options).run(progress_bar=False)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "iteration 4: not saving while steps are failing (since iteration 3)" in log
+    assert "iterations 3..5: 3 bad steps; reloaded 2.state (iteration 2) and halved the learning rate" in log
+    saves = [int(line.split("net_g_")[1].split(".")[0]) for line in log.splitlines() if "saved net_g_" in line]
+    assert saves == [2, 4, 6]  # 4 only after the rollback, from good steps
+
+
+@pytest.mark.parametrize("calls, rolled_back", [([2, 3], False), ([5, 6, 7], True)])
+def test_fp16_overflows_are_counted_and_a_run_of_them_rolls_back(tmp_path, calls, rolled_back: bool) -> None:
+    options = _tiny_options(
+        tmp_path,
+        train={
+            "total_iter": 8,
+            "precision": "fp16",
+            "max_skipped_steps": 3,
+            "ema_decay": 0.5,
+            "pixel_opt": {"type": "ScaledOnCalls", "calls": calls, "factor": 1e8},
+        },
+        logger={"print_freq": 1, "save_checkpoint_freq": 4, "use_tb_logger": False},
+        val={"val_freq": 100},
+    )
+    Trainer(resolve_options(load_options(options)).options).run(progress_bar=False)
+    run = tmp_path / "run"
+    skips = _records(run, "skip")
+    assert [r["iter"] for r in skips] == calls and all(r["reason"] == "fp16 overflow" for r in skips)
+    assert [r["scale"] for r in skips[:2]] == [2.0**15, 2.0**14]  # each skip halves the scale
+    assert _records(run, "train")[0]["loss_scale"] == 2.0**16
+    assert all(math.isfinite(r["loss"]) for r in _records(run, "train") if r["iter"] not in calls)
+    log = (run / "train.log").read_text()
+    assert ("3 steps skipped by the fp16 gradient scaler; reloaded 4.state (iteration 4)" in log) == rolled_back
+    state = torch.load(run / "training_states/8.state", weights_only=True)
+    assert state["progress"]["skipped_steps_total"] == len(calls) and state["progress"]["bad_steps_total"] == 0
+
+
+def test_a_failing_validation_loses_no_iterations(tmp_path) -> None:
+    """The state of an iteration is saved before its validation runs; a validation that fails (here, a metric
+    that raises at its third image) leaves it on disk."""
+    options = _tiny_options(
+        tmp_path,
+        train={"total_iter": 8},
+        val={"val_freq": 2, "metrics": {"psnr": {"type": "FailingMetric", "fail_at": 3}}},
+        logger={"print_freq": 1, "save_checkpoint_freq": 4, "use_tb_logger": False},
+    )
+    with pytest.raises(RuntimeError, match="metric failed"):
+        Trainer(resolve_options(load_options(options)).options).run(progress_bar=False)
+    states = sorted(int(p.stem) for p in (tmp_path / "run/training_states").glob("*.state"))
+    assert states == [2, 4]  # 2: validated fine (best, saved); 4: due, saved before the failing validation
+
+
 def test_non_finite_losses_before_any_save_stop_with_a_message(tmp_path) -> None:
     options = _tiny_options(
         tmp_path,
         train={"total_iter": 8, "max_bad_steps": 3, "pixel_opt": {"type": "NaNOnCalls", "nan_calls": [1, 2, 3]}},
     )
     resolved = resolve_options(load_options(options)).options
-    with pytest.raises(TrainingError, match=r"3 steps in a row \(iterations 1..3\) had a non-finite loss .* before"):
+    with pytest.raises(TrainingError, match=r"iterations 1..3: 3 bad steps, before any checkpoint was saved"):
         Trainer(resolved).run(progress_bar=False)
 
 
 # ---------------------------------------------------------------- precision and memory options
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_steps_on_cpu_give_finite_losses(tmp_path, precision: str) -> None:
-    options = _tiny_options(
-        tmp_path, train={"total_iter": 3, "precision": precision, "activation_checkpointing": True}, val={"val_freq": 3}
-    )
+@pytest.mark.parametrize("before, after", [("fp16", "bf16"), ("fp32", "fp16"), ("bf16", "fp32")])
+def test_resuming_with_another_precision_starts_a_fresh_scaler(tmp_path, before: str, after: str) -> None:
+    options = _tiny_options(tmp_path, train={"total_iter": 2, "precision": before}, val={"val_freq": 100})
     assert main(["train", "-opt", str(options), "--no-progress"]) == 0
+    resumed = ["--resume", "auto", "--set", "train.total_iter=4", f"train.precision={after}"]
+    assert main(["train", "-opt", str(options), "--no-progress", *resumed]) == 0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"train.precision: 2.state was saved with {before}, this run uses {after}; the gradient scaler starts" in log
     losses = [r["loss"] for r in _records(tmp_path / "run", "train")]
-    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
-    assert not _records(tmp_path / "run", "skip")
-    assert math.isfinite(_records(tmp_path / "run", "val")[0]["psnr"])
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+
+
+def test_a_training_step_reads_from_the_device_once(tmp_path, monkeypatch) -> None:
+    """One device-to-host read per iteration (the folded flags), plus a few per log line: every other scalar
+    stays on the device. Counted as aten._local_scalar_dense calls (item, float, bool) and tolist calls, except
+    the data pipeline's own (its index permutations are host tensors)."""
+    import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from drsformer.engine.trainer import StopRequest
+
+    def count() -> None:
+        if not any("torch/utils/data" in frame.filename for frame in traceback.extract_stack()):
+            reads[0] += 1
+
+    options = _tiny_options(
+        tmp_path,
+        train={"total_iter": 12, "optim_g": {"type": "SGD", "lr": 0.01}},
+        logger={"print_freq": 6, "save_checkpoint_freq": 100, "use_tb_logger": False},
+    )
+    resolved = resolve_options(load_options(options)).options
+    del resolved["datasets"]["val"]
+    reads = [0]
+
+    class CountReads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                count()
+            return func(*args, **(kwargs or {}))
+
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(self):
+        count()
+        return tolist(self)
+
+    trainer = Trainer(resolved)
+    trainer.build(progress_bar=False)
+    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+    with CountReads():
+        trainer._loop(StopRequest())
+    trainer.logger.close()
+    logs, iterations = 2, 12
+    assert reads[0] <= iterations + 3 * logs, reads[0]
+
+
+# ---------------------------------------------------------------- out of memory
+
+
+@ARCH_REGISTRY.register()
+class OomAbove(DRSformer):
+    """A DRSformer that runs out of (simulated) GPU memory on inputs of more than ``pixels`` pixels."""
+
+    def __init__(self, pixels: int, dim: int, num_blocks: list[int], heads: list[int], mefc: bool) -> None:
+        super().__init__(dim=dim, num_blocks=num_blocks, heads=heads, mefc=mefc)
+        self.pixels = pixels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] * x.shape[-1] > self.pixels:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(x)
+
+
+@pytest.mark.parametrize(
+    "pixels, message",
+    [
+        (
+            100,
+            "out of memory in training iteration 1 (2 crops per process on cpu); no state was saved yet. "
+            "Lower datasets.train.batch_size_per_gpu",
+        ),
+        (
+            16 * 16,
+            "validation of val at iteration 3, 0.png: out of memory on cpu restoring 32x40 pixels; use val.tile "
+            "512 (tiles are exact",
+        ),
+    ],
+)
+def test_out_of_memory_is_one_line_saying_where_and_what_to_change(tmp_path, capsys, pixels, message) -> None:
+    options = _tiny_options(tmp_path, network_g={"type": "OomAbove", "pixels": pixels}, train={"total_iter": 4})
+    assert main(["train", "-opt", str(options), "--no-progress"]) == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("drsformer train: error:")]
+    assert message in error, error
+    if pixels > 100:  # validation: the state of its iteration was saved first
+        assert (tmp_path / "run" / "training_states" / "3.state").is_file()
 
 
 # ---------------------------------------------------------------- errors before the first step
@@ -407,7 +588,14 @@ def test_mixed_precision_steps_on_cpu_give_finite_losses(tmp_path, precision: st
         (["datasets.train.gt_size=64"], "datasets.train.gt_size: crops of 64x64 are larger than"),
         (["train.effective_batch_size=5"], "train.effective_batch_size: 5 does not divide into batches of 2"),
         (["path.pretrain_network_g=/nowhere.pth"], "/nowhere.pth: no such file"),
-        (["val.protocol=matlab"], "val.protocol: expected one of restormer, rcdnet, got 'matlab'"),
+        (["val.protocol=matlab"], "val.protocol: expected one of restormer, rcdnet, skimage, got 'matlab'"),
+        (["val.tile=4"], "val.tile must be at least 8 pixels"),
+        (["logger.print_freq=0"], "logger.print_freq: must be at least 1, got 0"),
+        (["logger.save_checkpoint_freq=0"], "logger.save_checkpoint_freq: must be at least 1, got 0"),
+        (["logger.keep_checkpoints=0"], "logger.keep_checkpoints: must be at least 1, got 0"),
+        (["train.grad_clip_norm=0"], "train.grad_clip_norm: must be positive (leave it unset for no clipping)"),
+        (["train.max_bad_steps=0"], "train.max_bad_steps: must be at least 1, got 0"),
+        (["train.precision=fp8"], "train.precision: expected one of fp32, bf16, fp16, got 'fp8'"),
     ],
 )
 def test_setup_errors_name_the_key_before_any_step(tmp_path, capsys, overrides, message: str) -> None:
@@ -416,6 +604,13 @@ def test_setup_errors_name_the_key_before_any_step(tmp_path, capsys, overrides, 
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "run" / "log.jsonl").exists() or not _records(tmp_path / "run", "train")
+
+
+def test_validation_with_the_skimage_protocol(tmp_path) -> None:
+    options = _tiny_options(tmp_path, train={"total_iter": 2}, val={"val_freq": 2, "protocol": "skimage"})
+    assert main(["train", "-opt", str(options), "--no-progress"]) == 0
+    (record,) = _records(tmp_path / "run", "val")
+    assert record["protocol"] == "skimage" and math.isfinite(record["psnr"])
 
 
 def test_pretrained_weights_of_another_variant_are_refused(tmp_path, capsys) -> None:

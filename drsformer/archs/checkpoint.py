@@ -242,19 +242,43 @@ def check_keys(model: torch.nn.Module, state: Mapping[str, Tensor], source: str)
             raise CheckpointError(f"{source}: {name} holds {kind} values; weights are dense floating-point tensors")
 
 
+VALIDATED_KEY = "validated"  # in our training runs' weight files: the weights the run validated
+
+
+def weights_key(obj: Any, requested: str | None) -> tuple[str, str | None]:
+    """The weights to load from a checkpoint ``obj``: ``requested``, else the ones the file says its run validated
+    (``validated: params_ema`` in a run with EMA), else ``params``; and a note when the file chose."""
+    if requested is not None:
+        return requested, None
+    chosen = obj.get(VALIDATED_KEY) if isinstance(obj, Mapping) else None
+    if isinstance(chosen, str) and chosen != "params" and isinstance(obj.get(chosen), Mapping):
+        return chosen, f"using {chosen}: the weights this run validated and chose net_g_best.pth by (--params-key)"
+    return "params", None
+
+
+def load_model(path: str | os.PathLike, key: str | None = None, **overrides: Any) -> tuple[DRSformer, str | None]:
+    """:func:`from_checkpoint` of a file, with ``key`` None choosing as :func:`weights_key` does; returns the model
+    and the note to show when the file chose the weights."""
+    obj = read_checkpoint(path)
+    chosen, note = weights_key(obj, key)
+    return from_checkpoint(obj, key=chosen, source=os.fspath(path), **overrides), note
+
+
 def from_checkpoint(
     checkpoint: str | os.PathLike | Mapping[str, Any],
     key: str = "params",
     map_location: str | torch.device = "cpu",
+    source: str | None = None,
     **overrides: Any,
 ) -> DRSformer:
     """Builds the DRSformer a checkpoint was trained as and loads it strictly.
 
     ``checkpoint`` is a file path, a wrapper dict such as ``{'params': ...}`` or a bare state dict; ``key``
-    picks ``params`` or ``params_ema``. ``overrides`` replace inferred constructor arguments (``impl`` too).
+    picks ``params`` or ``params_ema``; ``source`` names a dict's origin in messages. ``overrides`` replace
+    inferred constructor arguments (``impl`` too).
     """
     if isinstance(checkpoint, Mapping):
-        source, obj = "state dict", checkpoint
+        source, obj = source or "state dict", checkpoint
     elif not isinstance(checkpoint, (str, os.PathLike)):
         raise CheckpointError(f"expected a checkpoint path or a state dict, got a {type(checkpoint).__name__}")
     else:

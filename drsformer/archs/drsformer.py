@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from ..registry import ARCH_REGISTRY, check_kwargs
-from .attention import AttentionSums, TopKSparseAttention
+from .attention import AttentionSums, TopKSparseAttention, autocast_off
 from .mefc import MEFC, conv_radius
 from .padding import crop_to, pad_to_multiple
 
@@ -33,8 +33,17 @@ LAYERNORM_TYPES = ("WithBias", "BiasFree")
 SIZE_MULTIPLE = 8
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 class _ChannelNorm(nn.Module):
-    """Layer norm over the channel axis of NCHW maps, eps 1e-5 inside the square root (``body.weight``...)."""
+    """Layer norm over the channel axis of NCHW maps, eps 1e-5 inside the square root (``body.weight``...).
+
+    Statistics are computed in float32 (float64 for float64 inputs) and the result is returned in the input's
+    dtype: under fp16 autocast a channel variance above 65504 would otherwise become inf, and ``rsqrt(inf) = 0``
+    would zero the features.
+    """
 
     def __init__(self, dim: int, with_bias: bool) -> None:
         super().__init__()
@@ -43,23 +52,29 @@ class _ChannelNorm(nn.Module):
 
     def forward_reference(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        t = x.flatten(2).transpose(1, 2)  # (B, HW, C) as the paper's code does
-        var = t.var(-1, keepdim=True, unbiased=False)
-        if self.bias is None:
-            t = t / torch.sqrt(var + 1e-5) * self.weight
-        else:
-            t = (t - t.mean(-1, keepdim=True)) / torch.sqrt(var + 1e-5) * self.weight + self.bias
-        return t.transpose(1, 2).reshape(b, c, h, w)
+        with autocast_off(x.device.type):
+            t = _at_least_float32(x).flatten(2).transpose(1, 2)  # (B, HW, C) as the paper's code does
+            var = t.var(-1, keepdim=True, unbiased=False)
+            if self.bias is None:
+                t = t / torch.sqrt(var + 1e-5) * self.weight
+            else:
+                t = (t - t.mean(-1, keepdim=True)) / torch.sqrt(var + 1e-5) * self.weight + self.bias
+            return t.transpose(1, 2).reshape(b, c, h, w).to(x.dtype)
 
     def forward_fast(self, x: Tensor) -> Tensor:
-        if self.bias is not None and x.is_contiguous(memory_format=torch.channels_last):
-            # NHWC storage: the permuted view is contiguous, so the fused kernel runs without copies.
-            return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, 1e-5).permute(0, 3, 1, 2)
-        var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
-        scale = torch.rsqrt(var + 1e-5)
-        if self.bias is None:
-            return x * scale * self.weight.view(1, -1, 1, 1)
-        return torch.addcmul(self.bias.view(1, -1, 1, 1), (x - mean) * scale, self.weight.view(1, -1, 1, 1))
+        with autocast_off(x.device.type):
+            xf = _at_least_float32(x)
+            weight = self.weight.to(xf.dtype)
+            bias = None if self.bias is None else self.bias.to(xf.dtype)
+            if bias is not None and x.is_contiguous(memory_format=torch.channels_last):
+                # NHWC storage: the permuted view is contiguous, so the fused kernel runs without copies.
+                out = F.layer_norm(xf.permute(0, 2, 3, 1), x.shape[1:2], weight, bias, 1e-5)
+                return out.permute(0, 3, 1, 2).to(x.dtype)
+            var, mean = torch.var_mean(xf, dim=1, keepdim=True, correction=0)
+            scale = torch.rsqrt(var + 1e-5)
+            if bias is None:
+                return (xf * scale * weight.view(1, -1, 1, 1)).to(x.dtype)
+            return torch.addcmul(bias.view(1, -1, 1, 1), (xf - mean) * scale, weight.view(1, -1, 1, 1)).to(x.dtype)
 
 
 class LayerNorm(nn.Module):

@@ -76,10 +76,12 @@ def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_weights(
     models_dir: Path, iteration: int, params: dict[str, torch.Tensor], params_ema: dict[str, torch.Tensor] | None
 ) -> Path:
-    """Writes ``net_g_<iteration>.pth`` and points ``net_g_latest.pth`` at it."""
-    payload = {"params": cpu_state(params)}
+    """Writes ``net_g_<iteration>.pth`` and points ``net_g_latest.pth`` at it. With EMA the file also says, under
+    ``validated``, that the run validated (and picked ``net_g_best.pth`` by) ``params_ema``."""
+    payload: dict[str, Any] = {"params": cpu_state(params)}
     if params_ema is not None:
         payload["params_ema"] = cpu_state(params_ema)
+        payload["validated"] = "params_ema"
     path = models_dir / f"net_g_{iteration}.pth"
     save_atomic(payload, path)
     _link_or_copy(path, models_dir / "net_g_latest.pth")

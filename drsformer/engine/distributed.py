@@ -8,12 +8,14 @@ gloo otherwise.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from ..devices import resolve_device
 from ..errors import ConfigError
 
 
@@ -51,9 +53,7 @@ def init(device: str | None = None) -> Distributed:
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError("device cuda: no CUDA device is available to this PyTorch build")
+    use_cuda = resolve_device(device).type == "cuda"
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(
@@ -82,6 +82,22 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def reduce_flags(flags: Sequence[torch.Tensor | bool], device: torch.device) -> list[bool]:
+    """Each flag, true when it is true in at least one process: one collective and one device-to-host read for
+    all of them (a training step's health flags, the stop request and the time budget)."""
+    values = torch.stack(
+        [
+            f.to(device=device, dtype=torch.float32).reshape(())
+            if isinstance(f, torch.Tensor)
+            else torch.tensor(float(f), device=device)
+            for f in flags
+        ]
+    )
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [v > 0 for v in values.tolist()]
+
+
 def any_process(flag: bool, device: torch.device) -> bool:
     """True when ``flag`` is true in at least one process."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -103,3 +119,18 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+@torch.no_grad()
+def max_replica_difference(model: torch.nn.Module) -> float:
+    """The largest difference between any process's weights and the main process's (0 for one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0.0
+    param = next(model.parameters())
+    difference = torch.zeros((), dtype=torch.float64, device=param.device)
+    for tensor in model.state_dict().values():
+        reference = tensor.detach().clone()
+        dist.broadcast(reference, src=0)
+        difference = torch.maximum(difference, (tensor.double() - reference.double()).abs().max())
+    dist.all_reduce(difference, op=dist.ReduceOp.MAX)
+    return float(difference)

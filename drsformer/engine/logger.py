@@ -43,19 +43,16 @@ def trim_jsonl(path: Path, after_iter: int) -> int:
 
 
 class RunLogger:
-    """Text log (``train.log`` and the console), ``log.jsonl``, TensorBoard (``tb/``) and the progress bar."""
+    """Text log (``train.log`` and the console), ``log.jsonl``, TensorBoard (``tb/``) and the progress bar.
 
-    def __init__(
-        self,
-        run_dir: Path,
-        enabled: bool,
-        use_tensorboard: bool,
-        total_iter: int,
-        start_iter: int,
-        progress: bool = True,
-    ) -> None:
+    The text log works from the start; records, TensorBoard and the bar once :meth:`open` knows the iteration
+    the run starts from (a resumed run drops what a killed one logged after its state).
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, use_tensorboard: bool, progress: bool = True) -> None:
         self.enabled = enabled
         self.run_dir = run_dir
+        self.use_tensorboard, self.progress = use_tensorboard, progress
         self._bar: tqdm | None = None
         self._tb = None
         self._jsonl = None
@@ -68,14 +65,19 @@ class RunLogger:
         handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self._log.addHandler(handler)
-        trim_jsonl(run_dir / "log.jsonl", start_iter)
-        self._jsonl = open(run_dir / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        if use_tensorboard:
+
+    def open(self, total_iter: int, start_iter: int) -> None:
+        """Starts ``log.jsonl`` (records after ``start_iter`` dropped), TensorBoard and the progress bar."""
+        if not self.enabled:
+            return
+        trim_jsonl(self.run_dir / "log.jsonl", start_iter)
+        self._jsonl = open(self.run_dir / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        if self.use_tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a killed run wrote after the state being resumed.
-            self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_iter + 1 if start_iter else None)
-        if progress:
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_iter + 1 if start_iter else None)
+        if self.progress:
             self._bar = tqdm(
                 total=total_iter, initial=start_iter, desc="train", unit="it", dynamic_ncols=True, file=sys.stderr
             )
@@ -118,7 +120,8 @@ class RunLogger:
 
     def advance(self, steps: int, postfix: dict[str, Any] | None = None) -> None:
         if self._bar is not None:
-            self._bar.update(steps)
+            if steps:
+                self._bar.update(steps)
             if postfix:
                 self._bar.set_postfix(postfix, refresh=False)
 
@@ -132,3 +135,42 @@ class RunLogger:
         for handler in list(self._log.handlers):
             handler.close()
             self._log.removeHandler(handler)
+
+
+class LogWindow:
+    """What happened since the last log line: the loss stays a device tensor until :meth:`values` reads it,
+    so logging costs host reads only every ``print_freq`` iterations."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.good = self.steps = self.images = 0
+        self.wait = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, good: bool, images: int, wait: float) -> None:
+        """One iteration of this process; the loss counts only when the step was applied."""
+        if good:
+            self.loss += loss.detach().double()
+            self.good += 1
+        self.steps += 1
+        self.images += images
+        self.wait += wait
+
+    def values(self, world_size: int, all_reduce_sum: Any) -> dict[str, float]:
+        """The window's means over all processes (one collective), then a fresh window."""
+        stats = torch.stack([self.loss, torch.tensor(float(self.good), dtype=torch.float64, device=self.device)])
+        all_reduce_sum(stats)
+        loss_sum, good = stats.tolist()
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        values = {
+            "loss": loss_sum / good if good else float("nan"),
+            "images_per_s": self.images * world_size / elapsed,
+            "data_wait_s": self.wait / max(self.steps, 1),
+            "seconds_per_iter": elapsed / max(self.steps, 1),
+        }
+        self.reset()
+        return values

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -96,3 +97,30 @@ class CosineAnnealingRestartLR(_PeriodicCosine):
 
 
 SCHEDULER_REGISTRY.add(MultiStepLR)
+
+
+def set_learning_rate(
+    optimizer: torch.optim.Optimizer, scheduler: LRScheduler | None, iteration: int, warmup_iter: int, factor: float
+) -> float:
+    """Sets the rate of 1-based ``iteration`` and returns it (the first group's).
+
+    Iteration ``i`` uses the scheduler's value at step ``i - 1`` (the scheduler is stepped before every
+    iteration but the first, as the published loop does); ``warmup_iter`` scales the initial rate linearly before
+    that, and ``factor`` (halved by each rollback) scales the result.
+    """
+    groups = optimizer.param_groups
+    if scheduler is not None:
+        if iteration > 1:
+            for group, value in zip(groups, scheduler.get_last_lr(), strict=True):
+                group["lr"] = value  # undo the warm-up / rollback scaling before the scheduler steps
+            with warnings.catch_warnings():  # it complains when the first steps were skipped as non-finite
+                warnings.simplefilter("ignore", UserWarning)
+                scheduler.step()
+        values = list(scheduler.get_last_lr())
+    else:
+        values = [group["initial_lr"] for group in groups]
+    if 0 < iteration < warmup_iter:
+        values = [group["initial_lr"] * iteration / warmup_iter for group in groups]
+    for group, value in zip(groups, values, strict=True):
+        group["lr"] = value * factor
+    return groups[0]["lr"]

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-PROTOCOLS = ("restormer", "rcdnet", "skimage")
+from ..benchmarks import PROTOCOLS
+
 WINDOW_SIZE = 11
 WINDOW_SIGMA = 1.5
 SSIM_K = (0.01, 0.03)

@@ -1,4 +1,7 @@
-"""The two MATLAB protocols on tensors, for validation during training (runs on the model's device).
+"""The scoring protocols on tensors, for validation during training (runs on the model's device).
+
+``restormer`` and ``rcdnet`` are the two MATLAB scripts; ``skimage`` (``skimage.metrics`` on unrounded Y with an
+11 x 11 Gaussian window, reflect-filtered and the 5-pixel border dropped) is ``rcdnet`` without its downsampling.
 
 Inputs are N x 3 x H x W batches in [0, 1]; they are first quantised to 8 bits as a saved PNG would be
 (``round(clamp(x, 0, 1) * 255)``), so the numbers equal what ``drsformer evaluate`` reports on the saved
@@ -11,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .matlab import SSIM_K, WINDOW_SIGMA, WINDOW_SIZE, Y_COEFFICIENTS, downsample_factor
+from .matlab import PROTOCOLS, SSIM_K, WINDOW_SIGMA, WINDOW_SIZE, Y_COEFFICIENTS, downsample_factor
 
 
 def quantize(x: Tensor) -> Tensor:
@@ -81,8 +84,8 @@ def _downsample(y: Tensor) -> Tensor:
 def _luma_pair(restored: Tensor, target: Tensor, protocol: str, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     if restored.shape != target.shape:
         raise ValueError(f"batches differ in shape: {tuple(restored.shape)} vs {tuple(target.shape)}")
-    if protocol not in ("restormer", "rcdnet"):
-        raise ValueError(f"unknown protocol {protocol!r}; choose from restormer, rcdnet")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
     rounded = protocol == "restormer"
     return rgb_to_y(quantize(restored.to(dtype)), rounded), rgb_to_y(quantize(target.to(dtype)), rounded)
 
@@ -97,7 +100,7 @@ def psnr(restored: Tensor, target: Tensor, protocol: str, dtype: torch.dtype = t
 def ssim(restored: Tensor, target: Tensor, protocol: str, dtype: torch.dtype = torch.float64) -> Tensor:
     """Per-image Y-channel SSIM, shape (N,), of two N x C x H x W batches in [0, 1]."""
     y1, y2 = _luma_pair(restored, target, protocol, dtype)
-    if protocol == "restormer":
+    if protocol != "rcdnet":  # restormer: 'valid' filtering; skimage: reflect-filtered, border dropped, the same
         return _ssim_mean(y1, y2)
     return _ssim_mean(_downsample(y1), _downsample(y2))
 

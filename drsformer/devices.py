@@ -1,0 +1,35 @@
+"""The one device check: ``cpu``, ``cuda`` or ``cuda:N``, and whether this PyTorch can use it."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ConfigError
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is usable, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(name: str | None, key: str = "--device") -> torch.device:
+    """The device ``name`` names (None: :func:`default_device`); a name this machine cannot use is a
+    :class:`ConfigError` naming ``key``."""
+    text = (name or default_device()).strip().lower()
+    if text != "cpu" and text != "cuda" and not (text.startswith("cuda:") and text[5:].isdigit()):
+        raise ConfigError(f"{key}: unknown device {name!r}; use cpu, cuda or cuda:N")
+    device = torch.device(text)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}: {text} asked for, but PyTorch sees no CUDA GPU; use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{key}: {text} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure: CUDA's ``OutOfMemoryError``, or the CPU allocator's."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

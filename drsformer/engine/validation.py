@@ -1,0 +1,134 @@
+"""Validation during training: :func:`~drsformer.inference.restore` on each validation set, the metrics under
+the set's protocol, split across processes and summed, images and TensorBoard grids, and the plateau warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import benchmarks
+from ..data.io import write_image
+from ..errors import ConfigError
+from ..inference import InferenceSettings, restore_or_explain, tensor_to_image
+from ..registry import METRIC_REGISTRY
+from . import distributed
+from .data import build_dataset, validation_shard
+from .distributed import Distributed
+from .logger import RunLogger
+
+PLATEAU_DB = 0.01  # improvements smaller than this do not count as progress
+
+
+@dataclass
+class ValSet:
+    name: str
+    dataset: Any
+    protocol: str
+    indices: list[int]  # this process's share
+
+
+def protocol_for(options: dict[str, Any], key: str, section: dict[str, Any]) -> str:
+    """``val.protocol``, else the protocol of the benchmark the set's name (or its folder) names, else restormer."""
+    protocol = options["val"]["protocol"]
+    if protocol is None:
+        name = section.get("name") or key
+        bench = benchmarks.find(str(name)) or benchmarks.find(Path(section["dataroot_gt"]).parent.parent.name)
+        protocol = bench.protocol if bench else "restormer"
+    if protocol not in benchmarks.PROTOCOLS:
+        raise ConfigError(f"val.protocol: expected one of {', '.join(benchmarks.PROTOCOLS)}, got {protocol!r}")
+    return protocol
+
+
+def build_val_sets(options: dict[str, Any], dist: Distributed) -> list[ValSet]:
+    sets = []
+    for key, section in options["datasets"].items():
+        if key == "train":
+            continue
+        dataset = build_dataset(section, f"datasets.{key}")
+        name = str(section.get("name") or key)
+        sets.append(ValSet(name, dataset, protocol_for(options, key, section), validation_shard(dataset, dist)))
+    return sets
+
+
+class Validator:
+    """Runs every validation set through ``restore`` with ``val``'s settings and the run's precision."""
+
+    def __init__(
+        self, options: dict[str, Any], dist: Distributed, logger: RunLogger, run_dir: Path, precision: str
+    ) -> None:
+        self.val = options["val"]
+        self.dist, self.logger, self.run_dir = dist, logger, run_dir
+        self.settings = InferenceSettings(precision, self.val["tile"] or None, self.val["self_ensemble"])
+        self.sets = build_val_sets(options, dist)
+        self.metrics = {
+            label: METRIC_REGISTRY.build(opt, where=f"val.metrics.{label}")
+            for label, opt in self.val["metrics"].items()
+        }
+
+    @torch.no_grad()
+    def run(self, model: nn.Module, iteration: int) -> dict[str, float]:
+        """The mean of each metric over each set (the first set's under the metric's name, the others' with a
+        ``_<set>`` suffix); also logged, with grids and (``val.save_img``) images."""
+        was_training = model.training
+        model.eval()
+        results: dict[str, float] = {}
+        try:
+            for index, vset in enumerate(self.sets):
+                means = self._run_set(model, vset, iteration)
+                suffix = "" if index == 0 else f"_{vset.name}"
+                results.update({f"{label}{suffix}": value for label, value in means.items()})
+        finally:
+            model.train(was_training)
+        return results
+
+    def _run_set(self, model: nn.Module, vset: ValSet, iteration: int) -> dict[str, float]:
+        device = self.dist.device
+        sums = torch.zeros(len(self.metrics) + 1, dtype=torch.float64, device=device)
+        grids = []
+        for i in vset.indices:
+            item = vset.dataset[i]
+            lq, gt = item["lq"][None].to(device), item["gt"][None].to(device)
+            restored = self._restore(model, lq, vset, item, iteration)
+            for j, fn in enumerate(self.metrics.values()):
+                sums[j] += fn(restored, gt, vset.protocol).sum().double()
+            sums[-1] += 1
+            if self.dist.is_main and len(grids) < self.val["grid_images"]:
+                grids.append(torch.cat([lq, restored, gt]).clamp(0, 1).cpu())
+            if self.val["save_img"]:
+                name = Path(item["lq_path"]).stem + ".png"
+                write_image(
+                    self.run_dir / "visualization" / vset.name / str(iteration) / name, tensor_to_image(restored)
+                )
+        distributed.all_reduce_sum(sums)
+        count = max(1, int(sums[-1].item()))
+        means = {label: float(sums[j] / count) for j, label in enumerate(self.metrics)}
+        self.logger.record("val", iteration, {"dataset": vset.name, "protocol": vset.protocol, **means})
+        shown = ", ".join(f"{label} {value:.4f}" for label, value in means.items())
+        self.logger.info(f"validation {vset.name} ({count} images, {vset.protocol}) at {iteration}: {shown}")
+        self._log_grids(vset.name, grids, iteration)
+        return means
+
+    def _restore(self, model: nn.Module, lq: torch.Tensor, vset: ValSet, item: dict[str, Any], it: int) -> torch.Tensor:
+        where = f"validation of {vset.name} at iteration {it}, {Path(item['lq_path']).name}"
+        return restore_or_explain(model, lq, self.settings, where, tile_key="val.tile")
+
+    def _log_grids(self, name: str, grids: list[torch.Tensor], iteration: int) -> None:
+        if not grids or not self.dist.is_main:
+            return
+        from torchvision.utils import make_grid
+
+        for k, triple in enumerate(grids):  # input | output | target
+            self.logger.images(f"val_{name}/{k}", make_grid(triple, nrow=3, padding=4, pad_value=1.0), iteration)
+
+
+def plateau_warning(history: list[float], patience: int, warned_at: int) -> bool:
+    """Whether the last ``patience`` validations improved on the best before them by less than
+    :data:`PLATEAU_DB` (and no warning was given for this stretch yet)."""
+    if len(history) <= patience or warned_at >= len(history) - patience:
+        return False
+    return max(history[-patience:]) < max(history[:-patience]) + PLATEAU_DB
