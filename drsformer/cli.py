@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import DrsformerError
+from .errors import DrsformerError, RunStopped
 
 # name -> (module, one-line help). Modules are imported when the parser is built.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -110,6 +110,9 @@ def run_command(name: str, handler: Any, args: argparse.Namespace) -> int:
     """Runs a subcommand; our own errors become one line on stderr and exit status 2."""
     try:
         return handler(args)
+    except RunStopped as stop:
+        print(f"drsformer {name}: {stop}", file=sys.stderr)
+        return stop.exit_status
     except DrsformerError as err:
         print(f"drsformer {name}: error: {err}", file=sys.stderr)
         return 2

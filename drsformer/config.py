@@ -280,6 +280,7 @@ SCHEMA: dict[str, Any] = {
             "max_skipped_steps": _f("int", 20),
             "max_rollbacks": _f("int", 3),
             "tf32": _f("bool", True),
+            "deterministic": _f("bool", False),
             "time_budget": _maybe("float"),
             "optim_d": Ignored("there is no discriminator"),
         }

@@ -50,3 +50,15 @@ class TrainingError(DrsformerError, RuntimeError):
 
 class OutOfMemory(DrsformerError, RuntimeError):
     """The device ran out of memory; the message says where and which option lowers the memory needed."""
+
+
+class RunStopped(DrsformerError):
+    """A training run that stopped on request (a signal, or the stop file) after saving its state.
+
+    ``exit_status``: 75 (``EX_TEMPFAIL``: try again) for SIGTERM, SIGUSR1 and the stop file, which is what a
+    cluster's requeue logic tests for; 130 for Ctrl-C.
+    """
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status

@@ -229,15 +229,19 @@ def test_the_log_window_averages_applied_steps_over_processes() -> None:
     assert values["images_per_s"] > 0 and window.steps == window.good == 0  # a fresh window
 
 
-def test_cuda_backends_follow_the_tf32_key() -> None:
-    from drsformer.engine.trainer import _configure_backends
+def test_backends_follow_the_tf32_and_deterministic_keys_and_are_put_back() -> None:
+    from drsformer.engine.trainer import _configure_backends, _restore_backends
 
-    saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    try:
-        _configure_backends(torch.device("cuda"), {"tf32": False})
-        assert torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
-        assert not torch.backends.cudnn.allow_tf32
-        _configure_backends(torch.device("cuda"), {"tf32": True})
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-    finally:
-        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    before += (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    saved = _configure_backends(torch.device("cuda"), {"tf32": False, "deterministic": False})
+    assert torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
+    assert not torch.backends.cudnn.allow_tf32
+    _restore_backends(saved)
+    saved = _configure_backends(torch.device("cuda"), {"tf32": True, "deterministic": True})
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    assert not torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+    _restore_backends(saved)
+    after = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    after += (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    assert after == before

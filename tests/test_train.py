@@ -109,26 +109,12 @@ def test_authors_options_file_trains_validates_and_saves_loadable_weights(tmp_pa
 # ---------------------------------------------------------------- exact resume
 
 
-# Runs ``drsformer train`` and kills the process with SIGKILL right after it has written the state of iteration
-# ``kill_at`` (a fault injected at an exact point, so the test does not race the run).
-KILLED_AFTER_SAVE = """
-import os, signal, sys
-import drsformer.engine.checkpoint as ckpt
-from drsformer.train import main
-save = ckpt.save_state
-def save_then_die(folder, iteration, state):
-    path = save(folder, iteration, state)
-    if iteration == int(os.environ["KILL_AT"]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return path
-ckpt.save_state = save_then_die
-sys.exit(main(sys.argv[1:]))
-"""
+FAULTS = Path(__file__).with_name("train_with_faults.py")  # drsformer train with faults at exact points
 
 
-def _train_process(options: Path, *extra: str, kill_at: int = 0) -> subprocess.Popen:
-    command = [sys.executable, "-c", KILLED_AFTER_SAVE, "-opt", str(options), "--no-progress", *extra]
-    env = {**os.environ, "KILL_AT": str(kill_at)}
+def _train_process(options: Path, *extra: str, kill_at: int = 0, signal_at: int = 0) -> subprocess.Popen:
+    command = [sys.executable, str(FAULTS), "-opt", str(options), "--no-progress", *extra]
+    env = {**os.environ, "FAULT_KILL_AT": str(kill_at), "FAULT_SIGNAL_AT": str(signal_at)}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
@@ -237,6 +223,105 @@ def test_two_gloo_processes_under_torchrun_end_with_the_same_weights(tmp_path) -
     # Validation is sharded (one image per process) and the sums all-reduced: both images are counted.
     assert "validation val (2 images" in (run / "train.log").read_text()
     assert result.stdout.count("done: weights in") == 1  # only rank 0 reports
+
+
+def _torchrun(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--monitor-interval", "0.5", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
+
+
+def _same(a: Path, b: Path) -> bool:
+    first, second = _weights(a), _weights(b)
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_an_elastic_restart_after_a_killed_worker_ends_with_bit_identical_weights(tmp_path) -> None:
+    """torchrun --max-restarts 1: worker 1 is killed right after the save of iteration 4; torchrun restarts the
+    group, the workers re-form it (a store prefix per round) and resume from 4 by themselves."""
+    options = _tiny_options(tmp_path, train={"total_iter": 8}, val={"val_freq": 100},
+                            logger={"print_freq": 4, "save_checkpoint_freq": 4})  # fmt: skip
+    common = ["--standalone", "--nproc_per_node", "2"]
+    whole = _torchrun(*common, str(FAULTS), "-opt", str(options), "--no-progress",
+                      "--set", f"path.experiments_root={tmp_path}/whole")  # fmt: skip
+    assert whole.wait(timeout=300) == 0, whole.stdout.read()
+    elastic = _torchrun(*common, "--max-restarts", "1", str(FAULTS), "-opt", str(options), "--no-progress",
+                        env={"FAULT_KILL_AT": "4", "FAULT_KILL_RANK": "1"})  # fmt: skip
+    output = elastic.communicate(timeout=300)[0]
+    assert elastic.returncode == 0, output
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "elastic restart 1: the processes re-formed their group" in log
+    assert f"resumed from {tmp_path / 'run' / 'training_states' / '4.state'} at iteration 4" in log
+    assert _same(tmp_path / "whole/models/net_g_latest.pth", tmp_path / "run/models/net_g_latest.pth")
+
+
+def test_two_nodes_with_their_own_disks_resume_from_the_main_nodes_state(tmp_path) -> None:
+    """Two torchrun "nodes" on this machine, each in its own folder (run folders on local disks). Killed after
+    the save of iteration 4 and restarted, node 1 has no state of its own: the main process sends it its own."""
+    import socket
+
+    options = _tiny_options(tmp_path, train={"total_iter": 8}, val={"val_freq": 100},
+                            logger={"print_freq": 4, "save_checkpoint_freq": 4},
+                            path={"experiments_root": "run"})  # fmt: skip
+
+    def both(label: str, *extra: str, kill_at: int = 0) -> list[subprocess.Popen]:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        nodes = []
+        for rank in (0, 1):
+            folder = tmp_path / label / f"node{rank}"
+            folder.mkdir(parents=True, exist_ok=True)
+            args = ["--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
+                    "--master_port", str(port), str(FAULTS), "-opt", str(options), "--no-progress"]  # fmt: skip
+            nodes.append(_torchrun(*args, *extra, cwd=folder, env={"FAULT_KILL_AT": str(kill_at)}))
+        return nodes
+
+    whole = both("whole")
+    assert [p.wait(timeout=300) for p in whole] == [0, 0], whole[0].stdout.read() + whole[1].stdout.read()
+    killed = both("cut", kill_at=4)
+    assert all(p.wait(timeout=300) != 0 for p in killed)  # node 0's worker died; node 1's lost its peer
+    node0, node1 = tmp_path / "cut" / "node0" / "run", tmp_path / "cut" / "node1" / "run"
+    assert (node0 / "training_states" / "4.state").is_file() and not (node1 / "training_states").exists()
+    resumed = both("cut", "--resume", "auto")
+    outputs = [p.communicate(timeout=300)[0] for p in resumed]
+    assert [p.returncode for p in resumed] == [0, 0], outputs
+    assert "resumed from run/training_states/4.state at iteration 4" in (node0 / "train.log").read_text()
+    assert not (node1 / "training_states").exists()  # only the main process writes
+    assert _same(tmp_path / "whole/node0/run/models/net_g_latest.pth", node0 / "models/net_g_latest.pth")
+
+
+@pytest.mark.parametrize("how", ["SIGUSR1", "stop file"])
+def test_a_stop_request_saves_exits_75_and_resumes_exactly(tmp_path, how: str) -> None:
+    """Slurm's warning before a time limit (SIGUSR1, or the stop file the sbatch script touches): the run saves
+    at the end of its iteration and exits with 75 (EX_TEMPFAIL), which the script's requeue logic tests."""
+    options = _tiny_options(tmp_path, train={"total_iter": 8}, val={"val_freq": 100},
+                            logger={"print_freq": 4, "save_checkpoint_freq": 4})  # fmt: skip
+    whole = _train_process(options, "--set", f"path.experiments_root={tmp_path}/whole")
+    assert whole.wait(timeout=300) == 0
+    if how == "SIGUSR1":
+        stopped = _train_process(options, signal_at=3)
+    else:
+        stop_file = tmp_path / "stop"
+        stop_file.touch()
+        command = [sys.executable, "-m", "drsformer.train", "-opt", str(options), "--no-progress"]
+        env = {**os.environ, "DRSFORMER_STOP_FILE": str(stop_file)}
+        stopped = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    output = stopped.communicate(timeout=300)[0]
+    at = 3 if how == "SIGUSR1" else 1
+    assert stopped.returncode == 75, output
+    assert f"stopped at iteration {at} ({'SIGUSR1'}); the state of iteration {at} is saved" in output
+    resumed = _train_process(options, "--resume", "auto")
+    assert resumed.wait(timeout=300) == 0
+    assert _same(tmp_path / "whole/models/net_g_latest.pth", tmp_path / "run/models/net_g_latest.pth")
+
+
+def test_a_deterministic_run_on_cpu(tmp_path) -> None:
+    options = _tiny_options(tmp_path, train={"total_iter": 2, "deterministic": True}, val={"val_freq": 2})
+    before = torch.are_deterministic_algorithms_enabled()
+    assert main(["train", "-opt", str(options), "--no-progress"]) == 0
+    assert torch.are_deterministic_algorithms_enabled() == before  # process-wide settings are put back
+    assert _records(tmp_path / "run", "val")
 
 
 # ---------------------------------------------------------------- learning rates

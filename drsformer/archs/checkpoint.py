@@ -6,6 +6,7 @@ of :class:`~drsformer.archs.DRSformer` can be read back from the key names and t
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import pickle
@@ -14,7 +15,7 @@ import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
@@ -41,30 +42,44 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path}: empty file")
-    verify_zip_checksums(path)
+    return _checked_load(path, path, map_location)
+
+
+def read_checkpoint_bytes(data: bytes, name: str, map_location: str | torch.device = "cpu") -> Any:
+    """:func:`read_checkpoint` of a file's content (received from another process); errors name ``name``."""
+    if not data:
+        raise CheckpointError(f"{name}: empty file")
+    return _checked_load(lambda: io.BytesIO(data), name, map_location)
+
+
+def _checked_load(source: Any, name: str, map_location: str | torch.device) -> Any:
+    """``source``: a path, or a factory of fresh file objects over the same bytes."""
+    opened = source if isinstance(source, str) else None
+    verify_zip_checksums(opened or source(), name)
     try:
         with warnings.catch_warnings():
             for noise in ("Detected pickle protocol", "Validating sparse tensor"):  # random bytes, sparse tensors
                 warnings.filterwarnings("ignore", message=noise, category=UserWarning)
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(opened or source(), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(_unpickling_message(path, str(err))) from None
+        raise CheckpointError(_unpickling_message(name, str(err))) from None
     except Exception as err:  # torch's zip reader and unpickler: any failure to parse is the file's fault
         raise CheckpointError(
-            f"{path}: unreadable, the file is truncated or corrupt ({type(err).__name__}: {_first_line(str(err))})"
+            f"{name}: unreadable, the file is truncated or corrupt ({type(err).__name__}: {_first_line(str(err))})"
         ) from None
 
 
-def verify_zip_checksums(path: str) -> None:
-    """Reads every member of a zip-format checkpoint, which checks its CRC-32; legacy files pass unchecked."""
+def verify_zip_checksums(source: str | BinaryIO, name: str | None = None) -> None:
+    """Reads every member of a zip-format checkpoint (a path or a seekable file object), which checks its
+    CRC-32; legacy files pass unchecked."""
+    name = name or os.fspath(source)
     member = "the zip directory"
     try:
-        if not zipfile.is_zipfile(path):
-            with open(path, "rb") as f:
-                if f.read(4) == b"PK\x03\x04":  # a zip archive whose directory, at the end, is missing
-                    raise CheckpointError(f"{path}: unreadable, the file is truncated (its zip directory is missing)")
+        if not zipfile.is_zipfile(source):
+            if _starts_like_zip(source):  # a zip archive whose directory, at the end, is missing
+                raise CheckpointError(f"{name}: unreadable, the file is truncated (its zip directory is missing)")
             return
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(source) as archive:
             for info in archive.infolist():
                 member = info.filename
                 with archive.open(info) as stream:
@@ -74,8 +89,16 @@ def verify_zip_checksums(path: str) -> None:
         raise
     except Exception as err:  # zipfile and zlib: BadZipFile, CRC mismatch, struct.error, EOFError, OSError ...
         raise CheckpointError(
-            f"{path}: unreadable, the file is truncated or corrupt ({member}: {_first_line(str(err))})"
+            f"{name}: unreadable, the file is truncated or corrupt ({member}: {_first_line(str(err))})"
         ) from None
+
+
+def _starts_like_zip(source: str | BinaryIO) -> bool:
+    if isinstance(source, str):
+        with open(source, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    source.seek(0)
+    return source.read(4) == b"PK\x03\x04"
 
 
 def _unpickling_message(path: str, text: str) -> str:

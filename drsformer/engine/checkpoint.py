@@ -8,6 +8,7 @@ in its folder, synced, and renamed, so a killed run leaves either the old file o
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..archs.checkpoint import read_checkpoint
+from ..archs.checkpoint import read_checkpoint, read_checkpoint_bytes
 from ..errors import CheckpointError
 
 STATE_SUFFIX = ".state"
@@ -169,9 +170,10 @@ _STATE_LAYOUT: dict[str, tuple[type, ...]] = {
 }
 
 
-def load_state(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a training state (``weights_only``); a file that is not one is a :class:`CheckpointError`."""
-    state = read_checkpoint(path)
+def load_state(path: str | os.PathLike, data: bytes | None = None) -> dict[str, Any]:
+    """Reads a training state (``weights_only``), from ``path`` or from ``data`` (that file's bytes, received from
+    another process); a file that is not one is a :class:`CheckpointError`."""
+    state = read_checkpoint(path) if data is None else read_checkpoint_bytes(data, os.fspath(path))
     if not isinstance(state, dict) or any(k not in state for k in _STATE_LAYOUT):
         have = ", ".join(sorted(map(str, state))) if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
@@ -184,6 +186,15 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     if any(k not in state["rng"] for k in ("python", "numpy", "torch")):
         raise CheckpointError(f"{path}: damaged training state, the random generator states are incomplete")
     return state
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes: whether two machines hold the same state."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def set_aside(path: Path) -> Path | None:

@@ -25,6 +25,7 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    restart: int = 0  # torchrun's elastic restart round (TORCHELASTIC_RESTART_COUNT)
 
     @property
     def is_main(self) -> bool:
@@ -49,25 +50,51 @@ def init(device: str | None = None) -> Distributed:
     """Joins the process group torchrun describes (if any) and picks this process's device.
 
     ``device`` is ``cuda``, ``cpu`` or None (CUDA when available). With CUDA, process ``LOCAL_RANK`` uses GPU
-    ``LOCAL_RANK``.
+    ``LOCAL_RANK``; when the process sees a single GPU (one GPU per task, as Slurm gives), it uses that one.
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     use_cuda = resolve_device(device).type == "cuda"
+    chosen = cuda_device(local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
-        if local_rank >= torch.cuda.device_count():
-            raise ConfigError(
-                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible; "
-                "use --nproc_per_node at most the number of GPUs"
-            )
-        torch.cuda.set_device(local_rank)
-        chosen = torch.device("cuda", local_rank)
-    else:
-        chosen = torch.device("cpu")
+        torch.cuda.set_device(chosen)
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=30))
-    return Distributed(rank, world_size, local_rank, chosen)
+        timeout = timedelta(minutes=30)
+        store = rendezvous_store(rank, world_size, timeout)
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world_size,
+                                timeout=timeout)  # fmt: skip
+    return Distributed(rank, world_size, local_rank, chosen, _env_int("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+def cuda_device(local_rank: int) -> torch.device:
+    """GPU ``local_rank``, or the only visible GPU when there is one (``CUDA_VISIBLE_DEVICES`` per task)."""
+    count = torch.cuda.device_count()
+    if local_rank < count:
+        return torch.device("cuda", local_rank)
+    if count == 1:
+        return torch.device("cuda", 0)
+    raise ConfigError(
+        f"LOCAL_RANK {local_rank} but only {count} GPU(s) are visible; use --nproc_per_node at most the number of "
+        "GPUs (or give each process one GPU with CUDA_VISIBLE_DEVICES)"
+    )
+
+
+def rendezvous_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """The store the process group forms through: torchrun's (its agent hosts it) or, without torchrun's agent,
+    one that rank 0 hosts at ``MASTER_ADDR:MASTER_PORT``; under a prefix per elastic restart round.
+
+    With ``torchrun --max-restarts``, the restarted workers find the keys the failed round left in the agent's
+    store, and the default ``env://`` initialisation then fails to connect ("Gloo connectFullMesh failed");
+    NCCL exchanges its unique id through the same store. A prefix per round keeps the rounds apart.
+    """
+    host, port = os.environ.get("MASTER_ADDR"), _env_int("MASTER_PORT", 0)
+    if not host or not port:
+        raise ConfigError(
+            f"WORLD_SIZE is {world_size} but MASTER_ADDR/MASTER_PORT are not set; start several processes with torchrun"
+        )
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(host, port, world_size, is_master=rank == 0 and not agent, timeout=timeout)
+    return dist.PrefixStore(f"drsformer/round{_env_int('TORCHELASTIC_RESTART_COUNT', 0)}", store)
 
 
 def shutdown() -> None:
@@ -105,6 +132,21 @@ def any_process(flag: bool, device: torch.device) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def broadcast_bytes(data: bytes | None, device: torch.device, src: int = 0) -> bytes:
+    """``data`` from process ``src`` on every process (a file's content: sent as one uint8 tensor)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        assert data is not None
+        return data
+    size = torch.tensor([len(data) if data is not None else 0], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=src)
+    if dist.get_rank() == src:
+        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+    else:
+        buffer = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    dist.broadcast(buffer, src=src)
+    return buffer.cpu().numpy().tobytes()
 
 
 def barrier() -> None:

@@ -100,10 +100,39 @@ class StateKeeper:
 
     # -- reading back ------------------------------------------------------------------------------------------
     def newest(self, at_most: int | None = None) -> tuple[Path, dict[str, Any]] | None:
-        """The newest readable state (up to iteration ``at_most``); unreadable ones are reported and kept."""
-        return ckpt.newest_readable_state(
-            self.run_dir, at_most=at_most, warn=self.logger.warning, move_aside=self.dist.is_main
-        )
+        """The newest readable state (up to iteration ``at_most``); unreadable ones are reported and kept.
+
+        The main process decides, from its own disk, and every process gets that state: from its own disk when
+        it holds the same file (a shared file system), else from the main process (nodes with local disks).
+        """
+        found = None
+        if self.dist.is_main:
+            found = ckpt.newest_readable_state(self.run_dir, at_most=at_most, warn=self.logger.warning)
+        return self.share(found)
+
+    def read(self, path: Path) -> tuple[Path, dict[str, Any]]:
+        """The state in ``path`` (``--resume PATH``), read by the main process and shared as :meth:`newest` is."""
+        found = (path, ckpt.load_state(path)) if self.dist.is_main else None
+        shared = self.share(found)
+        assert shared is not None
+        return shared
+
+    def share(self, found: tuple[Path, dict[str, Any]] | None) -> tuple[Path, dict[str, Any]] | None:
+        """The main process's ``found`` on every process, read from its own copy of the file when it has one."""
+        if not self.dist.enabled:
+            return found
+        digest = ckpt.file_digest(found[0]) if found else None
+        decision = distributed.broadcast_object((str(found[0]), digest) if found else None)
+        if decision is None:
+            return None
+        local, digest = Path(decision[0]), decision[1]
+        have = self.dist.is_main or (local.is_file() and ckpt.file_digest(local) == digest)
+        (someone_lacks,) = distributed.reduce_flags([not have], self.dist.device)
+        if someone_lacks:
+            data = distributed.broadcast_bytes(local.read_bytes() if self.dist.is_main else None, self.dist.device)
+            if not have:
+                return local, ckpt.load_state(local, data)
+        return found if self.dist.is_main else (local, ckpt.load_state(local))
 
     def apply(self, state: dict[str, Any], path: Path, parts: Parts) -> Progress:
         """Puts ``state`` back into ``parts``; returns its progress. A state that does not fit this run's model,

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.paired import SkippedFiles
 from ..devices import is_out_of_memory
-from ..errors import ConfigError, OutOfMemory, TrainingError
+from ..errors import ConfigError, OutOfMemory, RunStopped, TrainingError
 from ..registry import ARCH_REGISTRY, LOSS_REGISTRY, OPTIMIZER_REGISTRY, SCHEDULER_REGISTRY
 from . import distributed
 from .data import build_dataset, build_schedule, check_crops_fit, train_loader
@@ -46,23 +46,38 @@ def run_folder(options: dict[str, Any]) -> Path:
     return Path(root) if root else Path("experiments") / options["name"]
 
 
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a request honoured between iterations (a second SIGINT stops at once)."""
+STOP_FILE_ENV = "DRSFORMER_STOP_FILE"  # a path whose appearance asks the run to save and stop
+REQUEUE_STATUS = 75  # EX_TEMPFAIL: the exit status of a run that stopped to be continued (requeued)
 
-    def __init__(self) -> None:
-        self.requested = False
+
+class StopRequest:
+    """SIGINT, SIGTERM, SIGUSR1 (Slurm's warning before a time limit, ``--signal=USR1@120``) or the appearance of
+    the file ``$DRSFORMER_STOP_FILE`` become a request honoured between iterations: the run saves and stops. A
+    second SIGINT stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self, stop_file: str | None = None) -> None:
+        self.signum: int | None = None
+        self.stop_file = Path(stop_file) if stop_file else None
         self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        if self.signum is None and self.stop_file is not None and self.stop_file.exists():
+            self.signum = signal.SIGUSR1  # the stop file stands for the signal a scheduler would send
+        return self.signum is not None
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
@@ -75,6 +90,8 @@ class Trainer:
     def __init__(self, options: dict[str, Any], resume: str | None = None, device: str | None = None) -> None:
         self.options = options
         self.train_opt = options["train"]
+        if self.train_opt["deterministic"]:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any cuBLAS handle exists
         self.dist = distributed.init(device)
         self.device = self.dist.device
         self.run_dir = run_folder(options)
@@ -82,38 +99,43 @@ class Trainer:
         self.precision = self.train_opt["precision"]
         self._resume = self._find_resume(resume)
         self.skipped_files = SkippedFiles()
+        self._backends: dict[str, Any] | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def _find_resume(self, resume: str | None) -> Path | str | None:
+        """``auto``, a state file, or None (a new run). A worker that torchrun restarted (``--max-restarts``)
+        resumes by itself. The main process decides whether the run folder already holds states."""
         resume = resume or self.options["path"]["resume_state"]
+        if not resume and self.dist.restart > 0:
+            resume = "auto"  # an elastic restart: continue where the failed round saved
         if resume == "auto":
             return "auto"
-        if resume:
-            path = Path(resume)
-            if not path.is_file():
-                raise ConfigError(f"--resume {resume}: no such training state")
-            return path
         from . import checkpoint as ckpt
 
-        existing = ckpt.newest_state(self.run_dir)
+        if resume:
+            path = Path(resume)
+            if not distributed.broadcast_object(path.is_file() if self.dist.is_main else None):
+                raise ConfigError(f"--resume {resume}: no such training state")
+            return path
+
+        existing = ckpt.newest_state(self.run_dir) if self.dist.is_main else None
+        existing = distributed.broadcast_object(existing.name if existing else None)
         if existing is not None:
             raise ConfigError(
-                f"{self.run_dir} already holds training states (newest: {existing.name}); continue it with "
+                f"{self.run_dir} already holds training states (newest: {existing}); continue it with "
                 "--resume auto, or start a new run under another name (--set name=...)"
             )
         return None
 
     def _resume_state(self, keeper: StateKeeper) -> tuple[Path, dict[str, Any]] | None:
+        if self.dist.restart:
+            self.logger.info(f"elastic restart {self.dist.restart}: the processes re-formed their group")
         if self._resume == "auto":
             found = keeper.newest()
             if found is None:
                 self.logger.info(f"--resume auto: no training state in {self.run_dir}, starting a new run")
             return found
-        if self._resume is None:
-            return None
-        from . import checkpoint as ckpt
-
-        return self._resume, ckpt.load_state(self._resume)
+        return keeper.read(self._resume) if self._resume is not None else None
 
     def build(self, progress_bar: bool = False) -> None:
         options, train = self.options, self.train_opt
@@ -121,7 +143,7 @@ class Trainer:
         self.keeper = StateKeeper(self.run_dir, options, self.dist, self.logger)
         resumed = self._resume_state(self.keeper)
         self.logger.open(train["total_iter"], resumed[1]["iteration"] if resumed else 0)
-        _configure_backends(self.device, train)
+        self._backends = _configure_backends(self.device, train)
 
         torch.manual_seed(options["manual_seed"])
         model: nn.Module = ARCH_REGISTRY.build(dict(options["network_g"]), where="network_g")
@@ -182,6 +204,7 @@ class Trainer:
             self.build(progress_bar)
         except BaseException:
             distributed.shutdown()
+            _restore_backends(self._backends)
             raise
         if self.dist.is_main:
             from ..config import dump_options
@@ -189,7 +212,7 @@ class Trainer:
             dump_options(self.options, self.run_dir / "options.yml")
         self._announce()
         try:
-            with StopRequest() as stop:
+            with StopRequest(os.environ.get(STOP_FILE_ENV)) as stop:
                 self._loop(stop)
         except RuntimeError as err:
             if isinstance(err, OutOfMemory) or not is_out_of_memory(err):
@@ -207,6 +230,7 @@ class Trainer:
         finally:
             self.logger.close()
             distributed.shutdown()
+            _restore_backends(self._backends)
         return self.run_dir
 
     def _loop(self, stop: StopRequest) -> None:
@@ -248,7 +272,7 @@ class Trainer:
                 self.logger.info(f"time budget of {budget:g} s used up at iteration {iteration} of {total}")
                 break
             if stopping:
-                self._stop(iteration)
+                self._stop(iteration, stop.signum)
 
     # -- the loop's parts --------------------------------------------------------------------------------------
     def _save(self) -> None:
@@ -370,12 +394,14 @@ class Trainer:
             for name in self.skipped_files.update(batch):
                 self.logger.warning(f"unreadable training pair replaced by another (skip_corrupt): {name}")
 
-    def _stop(self, iteration: int) -> None:
-        self.logger.warning(
-            f"stopped at iteration {iteration}; the state of iteration {self.keeper.last_saved} is saved in "
+    def _stop(self, iteration: int, signum: int | None) -> None:
+        name = signal.Signals(signum).name if signum else "a stop request"
+        message = (
+            f"stopped at iteration {iteration} ({name}); the state of iteration {self.keeper.last_saved} is saved in "
             f"{self.run_dir / 'training_states'}; continue with --resume auto"
         )
-        raise KeyboardInterrupt
+        self.logger.warning(message)
+        raise RunStopped(message, 130 if signum == signal.SIGINT else REQUEUE_STATUS)
 
     def _announce(self) -> None:
         d, s = self.dist, self.schedule
@@ -393,13 +419,37 @@ class Trainer:
             self.logger.warning(f"the {self.dist.world_size} processes hold weights that differ by up to {value:.3g}")
 
 
-def _configure_backends(device: torch.device, train: dict[str, Any]) -> None:
-    """cuDNN autotuning (crops have a few fixed sizes) and TF32 matmuls/convolutions (``train.tf32``)."""
-    if device.type != "cuda":
+def _configure_backends(device: torch.device, train: dict[str, Any]) -> dict[str, Any]:
+    """``train.deterministic``: deterministic algorithms only (an operation without one raises, naming itself),
+    cuDNN's deterministic choices and no autotuning. Otherwise on CUDA, cuDNN autotuning (crops have a few
+    fixed sizes). ``train.tf32``: TF32 matmuls and convolutions. Returns the settings it replaced."""
+    backends = torch.backends
+    saved = {
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn.deterministic": backends.cudnn.deterministic,
+        "cudnn.benchmark": backends.cudnn.benchmark,
+        "matmul.allow_tf32": backends.cuda.matmul.allow_tf32,
+        "cudnn.allow_tf32": backends.cudnn.allow_tf32,
+    }
+    deterministic = train["deterministic"]
+    torch.use_deterministic_algorithms(deterministic)
+    backends.cudnn.deterministic = deterministic
+    if device.type == "cuda":
+        backends.cudnn.benchmark = not deterministic
+        backends.cuda.matmul.allow_tf32 = train["tf32"]
+        backends.cudnn.allow_tf32 = train["tf32"]
+    return saved
+
+
+def _restore_backends(saved: dict[str, Any] | None) -> None:
+    """Puts back what :func:`_configure_backends` changed (they are process-wide)."""
+    if not saved:
         return
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = train["tf32"]
-    torch.backends.cudnn.allow_tf32 = train["tf32"]
+    torch.use_deterministic_algorithms(saved["deterministic_algorithms"])
+    torch.backends.cudnn.deterministic = saved["cudnn.deterministic"]
+    torch.backends.cudnn.benchmark = saved["cudnn.benchmark"]
+    torch.backends.cuda.matmul.allow_tf32 = saved["matmul.allow_tf32"]
+    torch.backends.cudnn.allow_tf32 = saved["cudnn.allow_tf32"]
 
 
 def train(options: dict[str, Any], resume: str | None = None, device: str | None = None, progress: bool = True) -> Path:

@@ -1,0 +1,196 @@
+"""Every CUDA path in one prepared run, for a short GPU slot; writes ``OUT_DIR/report.md``. See gpu_check.sh."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Check:
+    """Runs commands, keeps each one's log, and gathers the report's rows."""
+
+    def __init__(self, out: Path, device: str, quick: bool) -> None:
+        self.out, self.device, self.quick = out, device, quick
+        self.rows: list[tuple[str, str, str]] = []  # (check, result, figures)
+        self.env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                    "PYTHONUNBUFFERED": "1", "DRSFORMER_CHECK_DEVICE": device}  # fmt: skip
+
+    def run(self, name: str, command: list[str], timeout: int = 600) -> tuple[bool, str]:
+        """A subprocess (pytest); its output goes to a log beside the report."""
+        start = time.perf_counter()
+        try:
+            result = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+            output, ok = result.stdout + result.stderr, result.returncode == 0
+        except subprocess.TimeoutExpired as err:
+            output, ok = f"{err.stdout or ''}{err.stderr or ''}\ntimed out after {timeout} s", False
+        return self._done(name, " ".join(command), output, ok, start)
+
+    def drsformer(self, name: str, argv: list[str]) -> tuple[bool, str]:
+        """``drsformer ARGV`` in this process (no interpreter start-up per command); output to a log."""
+        from drsformer.cli import main as drsformer_main
+
+        start, buffer = time.perf_counter(), io.StringIO()
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            try:
+                ok = drsformer_main(argv) == 0
+            except Exception:  # a bug: recorded as a failed check, the run goes on
+                buffer.write(traceback.format_exc())
+                ok = False
+        return self._done(name, "drsformer " + " ".join(argv), buffer.getvalue(), ok, start)
+
+    def _done(self, name: str, command: str, output: str, ok: bool, start: float) -> tuple[bool, str]:
+        slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")[:60]
+        (self.out / f"{slug}.log").write_text(f"$ {command}\n{output}")
+        print(f"{'pass' if ok else 'FAIL'}  {name} ({time.perf_counter() - start:.0f} s)", flush=True)
+        return ok, output
+
+    def add(self, name: str, ok: bool, figures: str) -> None:
+        self.rows.append((name, "pass" if ok else "**FAIL**", figures))
+
+
+def environment(check: Check) -> list[str]:
+    import torch
+
+    lines = [f"- torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPU cores"]
+    if check.device.startswith("cuda") and torch.cuda.is_available():
+        lines.append(f"- GPU: {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}, cuDNN "
+                     f"{torch.backends.cudnn.version()}")  # fmt: skip
+        if shutil.which("nvidia-smi"):
+            query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+            smi = subprocess.run(query, capture_output=True, text=True)
+            lines.append(f"- nvidia-smi: {smi.stdout.strip()}")
+    else:
+        lines.append(f"- device: {check.device} ({platform.processor() or platform.machine()})")
+    return lines
+
+
+def model_args(check: Check) -> list[str]:
+    return ["--dim", "8", "--num-blocks", "1", "1", "1", "1"] if check.quick else []
+
+
+def bench(check: Check, mode: str, label: str, extra: list[str]) -> None:
+    quick = check.quick
+    size = ["--size", "32", "--batch", "2"] if quick else (["--size", "256"] if mode == "infer" else
+                                                          ["--size", "128", "--batch", "8"])  # fmt: skip
+    repeat = ["--warmup", "1", "--repeat", "1"] if quick else ["--warmup", "3", "--repeat", "10"]
+    path = check.out / f"bench_{mode}_{label.replace(' ', '_').replace('+', 'and')}.json"
+    argv = ["bench", "--mode", mode, "--device", check.device, *size, *repeat, *model_args(check), *extra,
+            "--json", str(path)]  # fmt: skip
+    ok, _ = check.drsformer(f"bench {mode} {label}", argv)
+    figures = ""
+    if ok:
+        report = json.loads(path.read_text())
+        parts = [f"{r['path']} {r['median_ms']:.1f} ms ({r['images_per_s']:.1f} img/s, {r['peak_memory_mb']:.0f} MB)"
+                 for r in report["results"]]  # fmt: skip
+        if report.get("max_output_difference") is not None:
+            parts.append(f"max diff {report['max_output_difference']:.2g}")
+        figures = "; ".join(parts)
+    shape = size[1] + ("²" if mode == "infer" else "²") + (f" x{size[3]}" if len(size) > 2 else "")
+    check.add(f"bench {mode} {shape}: {label}", ok, figures)
+
+
+def train(check: Check, label: str, sets: list[str]) -> tuple[bool, dict]:
+    """drsformer train on the demo's synthetic pairs; returns its figures from log.jsonl."""
+    data = check.out / "data"
+    if not (data / "train").is_dir():
+        from drsformer.demo import make_data
+
+        make_data(data, 0, 64 if check.quick else 160)
+    iterations = 4 if check.quick else 50
+    run_dir = check.out / f"run_{label.replace(' ', '_')}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    net = ["network_g.dim=8", "network_g.num_blocks=[1,1,1,1]"] if check.quick else []
+    crop, batch = (32, 2) if check.quick else (128, 8)
+    overrides = [
+        f"datasets.train.dataroot_lq={data}/train/input", f"datasets.train.dataroot_gt={data}/train/target",
+        f"datasets.val.dataroot_lq={data}/test/input", f"datasets.val.dataroot_gt={data}/test/target",
+        "datasets.train.mini_batch_sizes=null", "datasets.train.iters=null", "datasets.train.gt_sizes=null",
+        f"datasets.train.gt_size={crop}", f"datasets.train.batch_size_per_gpu={batch}",
+        "train.effective_batch_size=null", f"train.total_iter={iterations}", f"val.val_freq={iterations}",
+        f"logger.print_freq={max(iterations // 5, 1)}", f"path.experiments_root={run_dir}", "name=gpu_check",
+        *net, *sets,
+    ]  # fmt: skip
+    argv = ["train", "-opt", str(ROOT / "options/train/Rain200H.yml"), "--no-progress", "--device", check.device,
+            "--set", *overrides]  # fmt: skip
+    ok, _ = check.drsformer(f"train {label}", argv)
+    figures: dict = {}
+    if ok:
+        records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+        windows = [r for r in records if r["kind"] == "train"][1:] or [r for r in records if r["kind"] == "train"]
+        figures = {
+            "images_per_s": statistics.median(r["images_per_s"] for r in windows),
+            "seconds_per_iter": statistics.median(r["seconds_per_iter"] for r in windows),
+            "peak_memory_mb": max((r["peak_memory_mb"] for r in windows if "peak_memory_mb" in r), default=None),
+        }
+    return ok, figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="every CUDA path in one run; writes OUT_DIR/report.md")
+    parser.add_argument("out", nargs="?", default="gpu_check", help="folder for report.md and the logs")
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny model, few iterations, no torch.compile")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))  # this checkout's drsformer, installed or not
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    check = Check(out, args.device, args.quick)
+    began = time.perf_counter()
+
+    ok, output = check.run("pytest -m cuda", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                              "-m", "cuda", "tests/test_gpu.py"])  # fmt: skip
+    summary = next((line for line in reversed(output.splitlines()) if "passed" in line or "failed" in line), "")
+    check.add("CUDA tests (tests/test_gpu.py: NaN rollback fp16/bf16, exact tiling vs CPU, --tile auto, "
+              "deterministic resume, process group)", ok and "skipped" not in summary, summary.strip("= "))  # fmt: skip
+
+    compile_runs = [] if args.quick else [("bf16 + compile", ["--precision", "bf16", "--compile"])]
+    for label, extra in [("fp32", ["--compare"]), ("bf16", ["--precision", "bf16", "--compare"]), *compile_runs]:
+        bench(check, "infer", label, extra)
+    train_runs = [
+        ("fp32", ["--compare"]),
+        ("bf16", ["--precision", "bf16", "--compare"]),
+        *([] if args.quick else [("bf16 + compile", ["--precision", "bf16", "--compile"])]),
+        ("channels-last", ["--channels-last", "--compare"]),
+        ("activation checkpointing", ["--activation-checkpointing", "--compare"]),
+    ]
+    for label, extra in train_runs:
+        bench(check, "train", label, extra)
+
+    ok_fast, fast = train(check, "bf16", ["train.precision=bf16"])
+    model = "the demo's width-8 model" if args.quick else "the full model (with MEFC)"
+    peak = fast.get("peak_memory_mb")
+    check.add(f"drsformer train, {model}, bf16, synthetic pairs", ok_fast,
+              f"{fast['images_per_s']:.1f} images/s, peak " + (f"{peak:.0f} MB" if peak else "- (CUDA only)")
+              if ok_fast else "")  # fmt: skip
+    ok_det, det = train(check, "bf16 deterministic", ["train.precision=bf16", "train.deterministic=true"])
+    cost = (det["seconds_per_iter"] / fast["seconds_per_iter"] - 1) * 100 if ok_det and ok_fast else None
+    check.add(
+        "train.deterministic: true, same run",
+        ok_det,
+        f"{det.get('seconds_per_iter', 0) * 1000:.0f} ms/iter, {cost:+.0f}% time" if cost is not None else "",
+    )
+
+    lines = [f"# GPU self-check ({'quick, ' if args.quick else ''}device {args.device})", "",
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - began:.0f} s in all", "",
+             *environment(check), "", "| check | result | figures |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| {name} | {result} | {figures} |" for name, result, figures in check.rows]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if all(result == "pass" for _, result, _ in check.rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""scripts/gpu_check.sh runs on the CPU (--device cpu --quick), so the one command a GPU session runs stays working."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_gpu_self_check_runs_every_check_on_the_cpu(tmp_path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    command = ["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "report"), "--device", "cpu", "--quick"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = (tmp_path / "report" / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| check")]
+    checks = [row.split(" | ")[0].lstrip("| ") for row in rows]
+    assert len(rows) == 9 and all(" | pass | " in row for row in rows), report
+    assert checks[0].startswith("CUDA tests") and "7 passed" in rows[0]
+    assert (
+        sum(c.startswith("bench infer") for c in checks) == 2 and sum(c.startswith("bench train") for c in checks) == 4
+    )
+    assert any("train.deterministic" in c for c in checks) and "images/s" in rows[-2]
+    assert len(list((tmp_path / "report").glob("*.log"))) == 9  # one log per check
