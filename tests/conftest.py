@@ -16,6 +16,17 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A checkpoint of a TINY DRSformer with MEFC, in the published layout."""
+    from drsformer.archs import DRSformer
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.save({"params": DRSformer(**TINY).state_dict()}, path)
+    return path
+
+
 def load_reference(name: str) -> dict:
     return torch.load(DATA / f"{name}.pt", weights_only=True)
 

@@ -28,14 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 SIZES = [(37, 45), (24, 33), (40, 40)]  # odd sizes: the model pads to 40 x 48, 24 x 40
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
-    torch.save({"params": DRSformer(**TINY).state_dict()}, path)
-    return path
-
-
 def make_set(root: Path, sizes=SIZES, seed: int = 0) -> Path:
     """input/ and target/ with equal names: a clean image and a noisier copy as the rainy one."""
     rng = np.random.default_rng(seed)

@@ -5,10 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import DATA, TINY
+from conftest import DATA
 
-from drsformer.archs import DRSformer
 from drsformer.cli import main
 from drsformer.data.io import read_image, to_uint8, write_image
 from drsformer.data.synth_rain import add_rain
@@ -16,14 +14,6 @@ from drsformer.metrics import noref
 from drsformer.test import load_options
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
-    torch.save({"params": DRSformer(**TINY).state_dict()}, path)
-    return path
 
 
 def rainy_photos(folder: Path, sizes=((104, 120), (97, 131))) -> Path:
