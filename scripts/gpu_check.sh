@@ -2,7 +2,8 @@
 # Every CUDA path in one prepared command, for a short GPU slot: the CUDA tests (pytest -m cuda: NaN rollback in
 # fp16 and bf16, exact tiling against the CPU, --tile auto, a deterministic resume, a process group), drsformer
 # bench --compare for inference at 256x256 (fp32, bf16, bf16 + compile) and training at 8 x 128x128 (fp32, bf16,
-# bf16 + compile, channels-last, activation checkpointing), and 50 iterations of the full model through
+# bf16 + compile, channels-last, activation checkpointing), the full model on a 4K photo through exact tiles
+# with the full-size maps in host memory (time, peak GPU memory), and 50 iterations of the full model through
 # drsformer train in bf16 on synthetic pairs (images/s, peak memory), with and without train.deterministic.
 #
 #   scripts/gpu_check.sh [OUT_DIR] [--device cuda|cpu] [--quick]
