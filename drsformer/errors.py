@@ -62,3 +62,11 @@ class RunStopped(DrsformerError):
     def __init__(self, message: str, exit_status: int) -> None:
         super().__init__(message)
         self.exit_status = exit_status
+
+
+class MissingDependency(DrsformerError, ImportError):
+    """An optional package a command needs is not installed; the message names the extra that provides it."""
+
+
+class ExportError(DrsformerError, RuntimeError):
+    """An exported model that could not be written, or that does not compute what the PyTorch model computes."""
