@@ -35,6 +35,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "input and output for real rain without target/)",
     ),
     "derain": ("drsformer.derain", "derain your own photos of any size (tiling, self-ensemble, alpha, 16-bit)"),
+    "export": (
+        "drsformer.export",
+        "write the model as ONNX or torch.export (checked against PyTorch at several sizes), or convert weights "
+        "between .pth and .safetensors",
+    ),
 }
 
 

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..registry import ARCH_REGISTRY, check_kwargs
 from .attention import AttentionSums, TopKSparseAttention, autocast_off
 from .mefc import MEFC, conv_radius
-from .padding import crop_to, pad_to_multiple
+from .padding import crop_to, is_tracing, pad_to_multiple
 
 IMPLS = ("fast", "reference")
 IMPL_PARTS = ("attention", "ffn", "mefc", "norm", "layout")
@@ -402,7 +402,7 @@ class DRSformer(nn.Module):
         if relayout:
             padded = padded.contiguous(memory_format=torch.channels_last)
         out = self.forward_features(padded)
-        if padded.shape != x.shape:
+        if is_tracing() or padded.shape != x.shape:  # traced: the crop belongs to the graph
             out = crop_to(out, size)
         return out.contiguous() if relayout and x.is_contiguous() else out
 
