@@ -14,7 +14,7 @@ import random
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -29,12 +29,18 @@ _NUMBERED_STATE = re.compile(r"(\d+)\.state$")
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through a temporary file, fsync and rename."""
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Calls ``write`` on a temporary file in ``path``'s folder, then fsync and rename: ``path`` is either the old
+    file or the complete new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
