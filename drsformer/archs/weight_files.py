@@ -56,7 +56,8 @@ def read_safetensors(path: str | os.PathLike, map_location: str | torch.device =
     try:
         with safetensors.safe_open(name, framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
-            state = {key: f.get_tensor(key) for key in f.keys()}
+            # Copies: the parser maps the file, and a file rewritten in place would change (or, cut, crash) them.
+            state = {key: f.get_tensor(key).clone() for key in f.keys()}
     except Exception as err:  # the parser's SafetensorError, torch's errors on dtypes it lacks: the file's fault
         raise CheckpointError(
             f"{name}: unreadable safetensors file, truncated or corrupt ({type(err).__name__}: {_first_line(str(err))})"
