@@ -39,8 +39,11 @@ def is_safetensors(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a safetensors file: by its suffix, or (whatever its name) by its first bytes."""
     if os.fspath(path).lower().endswith(SUFFIX):
         return True
-    with open(path, "rb") as f:
-        return looks_like_safetensors(f.read(9))
+    try:
+        with open(path, "rb") as f:
+            return looks_like_safetensors(f.read(9))
+    except OSError:  # unreadable: the PyTorch reader reports it, naming the file
+        return False
 
 
 def looks_like_safetensors(head: bytes) -> bool:
