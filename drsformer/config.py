@@ -40,6 +40,7 @@ from .registry import (
 from .schema import REQUIRED, Field, Ignored, Mapping, Section, Typed, Validator, join, type_name
 
 PRECISIONS = tuple(PRECISION_TABLE)
+WEIGHTS_FORMATS = ("pth", "safetensors")  # logger.weights_format: how a run saves net_g_* (the suffix)
 
 
 class _SafeLoader(yaml.SafeLoader):
@@ -312,6 +313,7 @@ SCHEMA: dict[str, Any] = {
             "save_checkpoint_freq": _f("int", 5000),
             "use_tb_logger": _f("bool", True),
             "keep_checkpoints": _f("int", 3),
+            "weights_format": _f("str", "pth", *WEIGHTS_FORMATS),
             "wandb": Ignored("logs go to TensorBoard and log.jsonl"),
         },
         optional=True,

@@ -357,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
     timings["data_s"] = time.perf_counter() - started
     options, run_dir, validations, began = _train(out, args)
     timings["train_s"] = time.perf_counter() - started - timings["data_s"]
-    checkpoint = run_dir / "models" / "net_g_latest.pth"
+    checkpoint = run_dir / "models" / f"net_g_latest.{options['logger']['weights_format']}"
     result, parameters = _evaluate(out, checkpoint, args.device)
     timings["eval_s"] = time.perf_counter() - started - timings["data_s"] - timings["train_s"]
     points = [(v["time"] - began, v["psnr"]) for v in validations]

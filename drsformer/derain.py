@@ -98,7 +98,7 @@ class DerainReport:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="a published checkpoint or a training run's net_g_*.pth")
+    parser.add_argument("--weights", required=True, help="a published checkpoint or a run's net_g_*.pth / .safetensors")
     parser.add_argument(
         "--params-key",
         default=None,

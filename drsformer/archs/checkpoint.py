@@ -30,11 +30,15 @@ STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``; any file it cannot parse is a one-line :class:`CheckpointError`.
+    """``torch.load(path, weights_only=True)``, or for a safetensors file (by its ``.safetensors`` suffix or its
+    first bytes) :func:`~drsformer.archs.weight_files.read_safetensors`, which gives ``{'params': ...}`` alike; any
+    file that cannot be parsed is a one-line :class:`CheckpointError`.
 
-    Files in PyTorch's zip format are checked against their CRC-32 checksums first, so a flipped bit in the
-    tensor data is reported instead of loaded as different weights.
+    Files in PyTorch's zip format are checked against their CRC-32 checksums first, and safetensors files we wrote
+    against their SHA-256, so a flipped bit in the tensor data is reported instead of loaded as different weights.
     """
+    from . import weight_files  # imported here: it builds on this module
+
     path = os.fspath(path)
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
@@ -42,6 +46,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path}: empty file")
+    if weight_files.is_safetensors(path):
+        return weight_files.read_safetensors(path, map_location)
     return _checked_load(path, path, map_location)
 
 
@@ -275,7 +281,7 @@ def weights_key(obj: Any, requested: str | None) -> tuple[str, str | None]:
         return requested, None
     chosen = obj.get(VALIDATED_KEY) if isinstance(obj, Mapping) else None
     if isinstance(chosen, str) and chosen != "params" and isinstance(obj.get(chosen), Mapping):
-        return chosen, f"using {chosen}: the weights this run validated and chose net_g_best.pth by (--params-key)"
+        return chosen, f"using {chosen}: the weights this run validated and chose net_g_best by (--params-key)"
     return "params", None
 
 

@@ -1,7 +1,9 @@
 """Run-folder files: weights in the published format, training states, atomic writes, retention, resume.
 
 ``models/net_g_<iter>.pth`` and ``models/net_g_latest.pth`` are ``{'params': ..., 'params_ema': ...}``
-(``params_ema`` only with EMA), loadable by :func:`drsformer.archs.from_checkpoint`.
+(``params_ema`` only with EMA), loadable by :func:`drsformer.archs.from_checkpoint`. With
+``logger.weights_format: safetensors`` they are ``net_g_<iter>.safetensors`` and so on, holding only the weights the
+run validates (see :mod:`drsformer.archs.weight_files`).
 ``training_states/<iter>.state`` holds everything a resume needs. Every file is written to a temporary name
 in its folder, synced, and renamed, so a killed run leaves either the old file or the new one.
 """
@@ -14,7 +16,7 @@ import random
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -23,18 +25,24 @@ from ..archs.checkpoint import read_checkpoint, read_checkpoint_bytes
 from ..errors import CheckpointError
 
 STATE_SUFFIX = ".state"
-_NUMBERED_WEIGHTS = re.compile(r"net_g_(\d+)\.pth$")
+_NUMBERED_WEIGHTS = re.compile(r"net_g_(\d+)\.(?:pth|safetensors)$")  # either format, for retention
 _NUMBERED_STATE = re.compile(r"(\d+)\.state$")
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through a temporary file, fsync and rename."""
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Calls ``write`` on a temporary file in ``path``'s folder, then fsync and rename: ``path`` is either the old
+    file or the complete new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -74,23 +82,43 @@ def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
+def weights_path(models_dir: Path, label: int | str, weights_format: str = "pth") -> Path:
+    """``models_dir/net_g_<label>.<weights_format>``; ``label`` is an iteration, ``latest`` or ``best``."""
+    return models_dir / f"net_g_{label}.{weights_format}"
+
+
 def save_weights(
-    models_dir: Path, iteration: int, params: dict[str, torch.Tensor], params_ema: dict[str, torch.Tensor] | None
+    models_dir: Path,
+    iteration: int,
+    params: dict[str, torch.Tensor],
+    params_ema: dict[str, torch.Tensor] | None,
+    weights_format: str = "pth",
 ) -> Path:
-    """Writes ``net_g_<iteration>.pth`` and points ``net_g_latest.pth`` at it. With EMA the file also says, under
-    ``validated``, that the run validated (and picked ``net_g_best.pth`` by) ``params_ema``."""
-    payload: dict[str, Any] = {"params": cpu_state(params)}
-    if params_ema is not None:
-        payload["params_ema"] = cpu_state(params_ema)
-        payload["validated"] = "params_ema"
-    path = models_dir / f"net_g_{iteration}.pth"
-    save_atomic(payload, path)
-    _link_or_copy(path, models_dir / "net_g_latest.pth")
+    """Writes ``net_g_<iteration>.<weights_format>`` and points ``net_g_latest`` (same suffix) at it; returns its path.
+
+    A ``.pth`` file holds ``params`` and, with EMA, ``params_ema`` and ``validated: params_ema`` (the weights the run
+    validated and picked ``net_g_best`` by). A ``.safetensors`` file holds one set: the validated weights, named in
+    its metadata.
+    """
+    path = weights_path(models_dir, iteration, weights_format)
+    if weights_format == "safetensors":
+        from ..archs.weight_files import save_safetensors
+
+        validated = "params" if params_ema is None else "params_ema"
+        save_safetensors(path, params if params_ema is None else params_ema, params_key=validated)
+    else:
+        payload: dict[str, Any] = {"params": cpu_state(params)}
+        if params_ema is not None:
+            payload["params_ema"] = cpu_state(params_ema)
+            payload["validated"] = "params_ema"
+        save_atomic(payload, path)
+    _link_or_copy(path, weights_path(models_dir, "latest", weights_format))
     return path
 
 
 def save_best(models_dir: Path, source: Path) -> None:
-    _link_or_copy(source, models_dir / "net_g_best.pth")
+    """Points ``net_g_best`` (with ``source``'s suffix) at ``source``."""
+    _link_or_copy(source, models_dir / f"net_g_best{source.suffix}")
 
 
 def prune(folder: Path, pattern: re.Pattern[str], keep: int) -> list[Path]:

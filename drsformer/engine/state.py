@@ -81,22 +81,29 @@ class StateKeeper:
         }
 
     def save(self, parts: Parts, progress: Progress) -> None:
-        """Weights (``net_g_<iter>.pth``, ``net_g_latest.pth``) and the training state at the current iteration,
-        then retention; every process waits for the main one."""
+        """Weights (``net_g_<iter>`` and ``net_g_latest``, in ``logger.weights_format``) and the training state at
+        the current iteration, then retention; every process waits for the main one."""
         if self.dist.is_main:
             ema = parts.ema.module.state_dict() if parts.ema else None
-            ckpt.save_weights(self.run_dir / "models", progress.iteration, parts.model.state_dict(), ema)
+            weights = ckpt.save_weights(
+                self.run_dir / "models", progress.iteration, parts.model.state_dict(), ema, self.weights_format
+            )
             ckpt.save_state(self.run_dir / "training_states", progress.iteration, self.gather(parts, progress))
             ckpt.prune_run(self.run_dir, self.options["logger"]["keep_checkpoints"])
-            self.logger.info(f"saved net_g_{progress.iteration}.pth and training_states/{progress.iteration}.state")
+            self.logger.info(f"saved {weights.name} and training_states/{progress.iteration}.state")
         self.last_saved = progress.iteration
         distributed.barrier()
 
     def mark_best(self, iteration: int) -> None:
-        """Points ``net_g_best.pth`` at the weights saved at ``iteration``."""
+        """Points ``net_g_best`` at the weights saved at ``iteration``."""
         if self.dist.is_main:
             models = self.run_dir / "models"
-            ckpt.save_best(models, models / f"net_g_{iteration}.pth")
+            ckpt.save_best(models, ckpt.weights_path(models, iteration, self.weights_format))
+
+    @property
+    def weights_format(self) -> str:
+        """``pth`` or ``safetensors`` (``logger.weights_format``)."""
+        return self.options["logger"]["weights_format"]
 
     # -- reading back ------------------------------------------------------------------------------------------
     def newest(self, at_most: int | None = None) -> tuple[Path, dict[str, Any]] | None:

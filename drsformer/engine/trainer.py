@@ -361,7 +361,8 @@ class Trainer:
                 self._save()
             self.keeper.mark_best(iteration)
             which = "EMA weights" if self.parts.ema is not None else "weights"
-            self.logger.info(f"best {label} so far: {psnr:.4f} at iteration {iteration} ({which}, net_g_best.pth)")
+            best = f"net_g_best.{self.keeper.weights_format}"
+            self.logger.info(f"best {label} so far: {psnr:.4f} at iteration {iteration} ({which}, {best})")
         progress.val_history.append(psnr)
         patience = self.options["val"]["plateau_patience"]
         if plateau_warning(progress.val_history, patience, progress.plateau_warned_at):

@@ -1,0 +1,127 @@
+"""safetensors weight files: one flat set of named tensors and string metadata, no code.
+
+Keys are the published state-dict layout (``patch_embed.proj.weight`` ...), exactly what
+``torch.load(published)['params']`` holds, so a file anyone wrote with ``safetensors.torch.save_file(params, path)``
+loads. The files we write also carry, in the header's ``__metadata__``:
+
+- ``format``: ``pt``, the value PyTorch tools expect;
+- ``drsformer.params_key``: which weights the file holds, ``params`` or ``params_ema`` (the ones a run validated);
+- ``drsformer.sha256``: the hex SHA-256 that :func:`weights_digest` computes over the other metadata entries and
+  every tensor's name, dtype, shape and bytes. safetensors has no checksum of its own; this one makes a flipped bit
+  an error instead of different weights. Files without it (anyone else's) load unchecked.
+
+Reading gives a dict like a ``.pth`` file's: ``{params_key: state_dict}``, plus ``validated: params_key`` when the
+metadata names the weights (``params`` otherwise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import CheckpointError
+from ..optional import require
+from .checkpoint import VALIDATED_KEY, WRAPPER_KEYS, _first_line
+
+SUFFIX = ".safetensors"
+PARAMS_KEY_ENTRY = "drsformer.params_key"
+DIGEST_ENTRY = "drsformer.sha256"
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file: by its suffix, or (whatever its name) by its first bytes."""
+    if os.fspath(path).lower().endswith(SUFFIX):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return looks_like_safetensors(f.read(9))
+    except OSError:  # unreadable: the PyTorch reader reports it, naming the file
+        return False
+
+
+def looks_like_safetensors(head: bytes) -> bool:
+    """A safetensors file starts with its header's length (8 bytes, little-endian) and the header's ``{``."""
+    return len(head) >= 9 and head[8:9] == b"{"
+
+
+def read_safetensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The weights in a safetensors file as ``{params_key: state_dict}`` (see the module's description); a file
+    that does not parse, or whose checksum does not match, is a one-line :class:`CheckpointError`."""
+    name = os.fspath(path)
+    safetensors = require("safetensors", "reading .safetensors weights")
+    try:
+        with safetensors.safe_open(name, framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            # Copies: the parser maps the file, and a file rewritten in place would change (or, cut, crash) them.
+            state = {key: f.get_tensor(key).clone() for key in f.keys()}
+    except Exception as err:  # the parser's SafetensorError, torch's errors on dtypes it lacks: the file's fault
+        raise CheckpointError(
+            f"{name}: unreadable safetensors file, truncated or corrupt ({type(err).__name__}: {_first_line(str(err))})"
+        ) from None
+    expected = metadata.get(DIGEST_ENTRY)
+    if expected is not None and weights_digest(state, metadata) != expected:
+        raise CheckpointError(f"{name}: corrupt, its tensor data does not match the checksum it was saved with")
+    if torch.device(map_location) != torch.device("cpu"):
+        state = {key: tensor.to(map_location) for key, tensor in state.items()}
+    params_key = metadata.get(PARAMS_KEY_ENTRY)
+    if params_key is None:
+        return {"params": state}
+    _check_params_key(params_key, name)
+    return {params_key: state, VALIDATED_KEY: params_key}
+
+
+def save_safetensors(
+    path: str | os.PathLike,
+    state: Mapping[str, Tensor],
+    params_key: str = "params",
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Writes ``state`` (one state dict) to ``path`` atomically, as contiguous CPU tensors, with ``metadata`` plus
+    ``format``, ``drsformer.params_key`` (``params_key``) and ``drsformer.sha256``, which take precedence."""
+    path = Path(path)
+    require("safetensors", "writing .safetensors weights")
+    from safetensors.torch import save as encode
+
+    from ..engine.checkpoint import write_atomic  # imported here: the engine builds on this package
+
+    _check_params_key(params_key, str(path))
+    tensors = {}
+    for key, value in state.items():
+        if not isinstance(value, Tensor) or value.layout != torch.strided:
+            raise CheckpointError(f"{path}: cannot save {key!r}, a {type(value).__name__} and not a dense tensor")
+        tensors[key] = value.detach().to("cpu", copy=True).contiguous()  # copies: no shared storage
+    entries = {**(metadata or {}), "format": "pt", PARAMS_KEY_ENTRY: params_key}
+    for key, value in entries.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise CheckpointError(f"{path}: metadata entry {key!r} must map a string to a string, got {value!r:.40}")
+    entries[DIGEST_ENTRY] = weights_digest(tensors, entries)
+    data = encode(tensors, metadata=entries)
+    write_atomic(path, lambda f: f.write(data))
+    return path
+
+
+def weights_digest(state: Mapping[str, Tensor], metadata: Mapping[str, str]) -> str:
+    """Hex SHA-256 over ``metadata`` (without its own entry) and, in name order, each tensor's name, dtype, shape
+    and bytes: independent of how a writer lays the tensors out in the file."""
+    digest = hashlib.sha256()
+    others = {k: v for k, v in metadata.items() if k != DIGEST_ENTRY}
+    digest.update(json.dumps(others, sort_keys=True).encode())
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _check_params_key(params_key: Any, name: str) -> None:
+    if params_key not in WRAPPER_KEYS:
+        raise CheckpointError(
+            f"{name}: {PARAMS_KEY_ENTRY} is {params_key!r:.40}, expected one of {', '.join(WRAPPER_KEYS)}"
+        )
