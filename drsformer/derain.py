@@ -26,11 +26,12 @@ from tqdm import tqdm
 
 from .data.io import ImageWithAlpha, list_images, name_list, read_image_with_alpha, write_image
 from .devices import resolve_device
-from .errors import ConfigError, ImageReadError, ImageWriteError, MissingPathError, OutOfMemory
+from .errors import ConfigError, ExportError, ImageReadError, ImageWriteError, MissingPathError, OutOfMemory
 from .inference import InferenceSettings, image_to_tensor, pick_tile, restore_or_explain, tensor_to_image
 from .precision import PRECISIONS
 
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
+BACKENDS = ("pytorch", "onnxruntime")
 
 
 def parse_tile(text: str) -> int | str:
@@ -98,13 +99,21 @@ class DerainReport:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="a published checkpoint or a run's net_g_*.pth / .safetensors")
+    parser.add_argument("--weights", help="a published checkpoint or a run's net_g_*.pth / .safetensors")
     parser.add_argument(
         "--params-key",
         default=None,
         help="weights inside the checkpoint: params or params_ema (default: the ones a training run validated, "
         "params_ema with EMA, else params)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="pytorch",
+        help="pytorch (default): the model from --weights; onnxruntime: an exported file (--model FILE.onnx, "
+        "see drsformer export), whole images at the precision it was exported with",
+    )
+    parser.add_argument("--model", help="the .onnx file for --backend onnxruntime")
     parser.add_argument("-i", "--input", required=True, help="a photo, or a folder of photos")
     parser.add_argument("-o", "--output", required=True, help="folder for the derained photos (same names)")
     parser.add_argument(
@@ -122,9 +131,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run(args: argparse.Namespace) -> int:
+def pytorch_backend(args: argparse.Namespace, device) -> tuple[nn.Module, InferenceSettings]:
+    """The model from ``--weights`` on ``device``, and the settings it runs with (``--tile auto`` resolved)."""
     from .archs.checkpoint import load_model
 
+    if not args.weights:
+        raise ConfigError("--weights is required (or --backend onnxruntime --model FILE.onnx)")
+    if args.model:
+        raise ConfigError("--model is the exported file of --backend onnxruntime; the pytorch backend reads --weights")
+    model, note = load_model(args.weights, args.params_key)
+    model = model.eval().to(device)
+    if note:
+        print(f"{args.weights}: {note}", file=sys.stderr)
+    tile = args.tile
+    if tile == "auto":
+        tile, reason = pick_tile(model, device, args.precision)
+        print(f"--tile auto: {reason}", file=sys.stderr)
+    return model, InferenceSettings(args.precision, tile or None, args.self_ensemble).check()
+
+
+def onnx_backend(args: argparse.Namespace, device) -> tuple[nn.Module, InferenceSettings]:
+    """An ONNX Runtime session of ``--model``. An exported graph holds the attention's sums over all pixels, which
+    the exact tiler needs between steps, so it runs whole images; its precision was fixed by the export."""
+    from .deploy.runtime import OnnxModel
+
+    if not args.model:
+        raise ConfigError("--backend onnxruntime needs --model FILE.onnx (write one with drsformer export)")
+    if args.weights or args.params_key:
+        raise ConfigError(
+            "--backend onnxruntime runs --model; --weights and --params-key belong to the pytorch backend"
+        )
+    if args.tile not in ("auto", 0):
+        raise ConfigError(
+            f"--tile {args.tile}: an ONNX file runs whole images (exact tiles need the model's steps, which only "
+            "--backend pytorch has); use --tile 0, or the pytorch backend to bound the memory"
+        )
+    if args.precision != "fp32":
+        raise ConfigError(
+            f"--precision {args.precision}: an ONNX file computes at the precision it was exported with "
+            "(drsformer export --precision)"
+        )
+    return OnnxModel(args.model, device=str(device)), InferenceSettings("fp32", None, args.self_ensemble).check()
+
+
+def run(args: argparse.Namespace) -> int:
     files = input_files(args.input)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
@@ -135,16 +185,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--jpeg-quality must be between 1 and 100, got {args.jpeg_quality}")
     device = resolve_device(args.device)
     InferenceSettings(args.precision, None, args.self_ensemble).check()
-    model, note = load_model(args.weights, args.params_key)
-    model = model.eval().to(device)
-    if note:
-        print(f"{args.weights}: {note}", file=sys.stderr)
-    tile = args.tile
-    if tile == "auto":
-        tile, reason = pick_tile(model, device, args.precision)
-        print(f"--tile auto: {reason}", file=sys.stderr)
-    settings = InferenceSettings(args.precision, tile or None, args.self_ensemble).check()
-    print(f"{len(files)} images, device {device}, {settings.describe()}", file=sys.stderr)
+    if args.backend == "onnxruntime":
+        model, settings = onnx_backend(args, device)
+    else:
+        model, settings = pytorch_backend(args, device)
+    print(f"{len(files)} images, device {device}, {args.backend}, {settings.describe()}", file=sys.stderr)
 
     report, start = DerainReport(), time.perf_counter()
     for path in tqdm(files, desc="derain", unit="img", disable=args.quiet):
@@ -156,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             image = read_image_with_alpha(path)
             out = derain_image(model, image, settings, progress=not args.quiet, name=str(path))
             write_image(target, out, encode_params(target, args.jpeg_quality))
-        except (ImageReadError, ImageWriteError, OutOfMemory) as err:  # reported; the next image goes on
+        except (ImageReadError, ImageWriteError, OutOfMemory, ExportError) as err:  # reported; the next image goes on
             report.failed.append((path, str(err)))
             tqdm.write(f"drsformer derain: skipped {err}", file=sys.stderr)
             continue

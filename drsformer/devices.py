@@ -32,4 +32,6 @@ def is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, torch.cuda.OutOfMemoryError):
         return True
     text = str(err)
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    return isinstance(err, RuntimeError) and any(
+        m in text for m in ("out of memory", "ran out of memory", "can't allocate memory")
+    )

@@ -44,9 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     shape = parser.add_mutually_exclusive_group()
-    shape.add_argument(
-        "--dynamic", action="store_true", default=True, help="any batch, height and width (the default)"
-    )
+    shape.add_argument("--dynamic", action="store_true", default=True, help="any batch, height and width (the default)")
     shape.add_argument("--size", type=parse_size, default=None, help="fix the input to N or HxW pixels instead")
     parser.add_argument(
         "--check-sizes",
@@ -81,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     if args.opset is not None and fmt != "onnx":
         raise ConfigError("--opset applies to --format onnx only")
     if fmt in ("safetensors", "pth") and (args.precision != "fp32" or args.size or args.check_sizes):
-        raise ConfigError(f"--format {fmt} converts weights as they are: --precision, --size and --check-sizes do not apply")
+        raise ConfigError(
+            f"--format {fmt} converts weights as they are: --precision, --size and --check-sizes do not apply"
+        )
     model, note = load_model(args.weights, args.params_key)
     if note:
         print(f"{args.weights}: {note}", file=sys.stderr)

@@ -41,14 +41,17 @@ def is_safetensors(path: str | os.PathLike) -> bool:
         return True
     try:
         with open(path, "rb") as f:
-            return looks_like_safetensors(f.read(9))
+            return looks_like_safetensors(f.read(9), os.fstat(f.fileno()).st_size)
     except OSError:  # unreadable: the PyTorch reader reports it, naming the file
         return False
 
 
-def looks_like_safetensors(head: bytes) -> bool:
-    """A safetensors file starts with its header's length (8 bytes, little-endian) and the header's ``{``."""
-    return len(head) >= 9 and head[8:9] == b"{"
+def looks_like_safetensors(head: bytes, file_size: int | None = None) -> bool:
+    """A safetensors file starts with its header's length (8 bytes, little-endian, within the file when its size
+    is given) and the header's ``{``."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return file_size is None or int.from_bytes(head[:8], "little") <= file_size - 8
 
 
 def read_safetensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

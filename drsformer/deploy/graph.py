@@ -95,7 +95,9 @@ def export_onnx(
             warnings.simplefilter("ignore")
             onnx_program = torch.onnx.export(program, (example,), dynamo=True, opset_version=opset, verbose=False)
     except Exception as err:
-        raise ExportError(f"the ONNX exporter failed at opset {opset}: {type(err).__name__}: {_first_line(err)}") from err
+        raise ExportError(
+            f"the ONNX exporter failed at opset {opset}: {type(err).__name__}: {_first_line(err)}"
+        ) from err
     onnx_program.save(os.fspath(path), external_data=False)
     _name_io(Path(path))
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..archs.padding import crop_to, pad_to_multiple
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, ExportError
 from ..optional import require
 from .graph import MIN_SIDE
 
@@ -42,7 +42,9 @@ class OnnxModel(nn.Module):
         if not os.path.isfile(self.path):
             raise CheckpointError(f"{self.path}: no such file")
         if optimization not in OPTIMIZATION_LEVELS:
-            raise ConfigError(f"ONNX Runtime optimisation {optimization!r} is not one of {', '.join(OPTIMIZATION_LEVELS)}")
+            raise ConfigError(
+                f"ONNX Runtime optimisation {optimization!r} is not one of {', '.join(OPTIMIZATION_LEVELS)}"
+            )
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
         options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -69,7 +71,14 @@ class OnnxModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x, size = _small_image_padding(x)
         feed = x.detach().float().cpu().contiguous().numpy()
-        out = torch.from_numpy(self.session.run(None, {self.input_name: feed})[0]).float()
+        try:
+            out = torch.from_numpy(self.session.run(None, {self.input_name: feed})[0]).float()
+        except Exception as err:  # ONNX Runtime's own exception types; allocation failures become out-of-memory
+            text = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            if "allocat" in text.lower():
+                raise RuntimeError(f"ONNX Runtime ran out of memory ({text})") from None
+            size = "x".join(map(str, x.shape))
+            raise ExportError(f"{self.path}: ONNX Runtime failed on a {size} input ({text})") from None
         return out if size is None else crop_to(out, size)
 
 

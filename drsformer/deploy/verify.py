@@ -52,13 +52,17 @@ class SizeCheck:
     def row(self) -> str:
         verdict = "ok" if self.passed else ("undecided (top-k tie)" if not self.decided else "FAIL")
         size = f"{self.batch}x{self.height}x{self.width}"
-        return f"{size:>14} {self.seed:>5} {self.exported:>12.2e} {self.bound:>9.0e} {self.eager_paths:>14.2e}  {verdict}"
+        return (
+            f"{size:>14} {self.seed:>5} {self.exported:>12.2e} {self.bound:>9.0e} {self.eager_paths:>14.2e}  {verdict}"
+        )
 
 
 HEADER = f"{'input':>14} {'seed':>5} {'|file-torch|':>12} {'bound':>9} {'|ref-fast|':>14}  verdict"
 
 
-def check_input(run: Callable[[Tensor], Tensor], model: DRSformer, reference: DRSformer, image: Tensor) -> tuple[float, float]:
+def check_input(
+    run: Callable[[Tensor], Tensor], model: DRSformer, reference: DRSformer, image: Tensor
+) -> tuple[float, float]:
     """(max |run - model|, max |reference - model|) on ``image``, the PyTorch models in fp32."""
     with torch.inference_mode():
         fast = model(image).float()
