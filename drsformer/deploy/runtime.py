@@ -13,7 +13,6 @@ import os
 import torch
 from torch import Tensor, nn
 
-from ..archs.padding import crop_to, pad_to_multiple
 from ..errors import CheckpointError, ConfigError, ExportError
 from ..optional import require
 from .graph import MIN_SIDE
@@ -22,12 +21,14 @@ from .graph import MIN_SIDE
 OPTIMIZATION_LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "all": "ORT_ENABLE_ALL"}
 
 
-def _small_image_padding(x: Tensor) -> tuple[Tensor, tuple[int, int] | None]:
-    """Exported graphs need sides of at least 8; smaller images get the eager model's own padding first."""
-    if min(x.shape[-2:]) >= MIN_SIDE:
-        return x, None
-    padded, size = pad_to_multiple(x, MIN_SIDE)
-    return padded, size
+def check_side(x: Tensor, path: str) -> None:
+    """Exported graphs are traced for sides of at least :data:`MIN_SIDE`; smaller inputs are refused, not guessed."""
+    if min(x.shape[-2:]) < MIN_SIDE:
+        size = "x".join(map(str, x.shape[-2:]))
+        raise ExportError(
+            f"{path}: a {size} image is smaller than an exported model takes ({MIN_SIDE} pixels a side); "
+            "use --backend pytorch for it"
+        )
 
 
 class OnnxModel(nn.Module):
@@ -69,7 +70,7 @@ class OnnxModel(nn.Module):
         self.optimization = optimization
 
     def forward(self, x: Tensor) -> Tensor:
-        x, size = _small_image_padding(x)
+        check_side(x, self.path)
         feed = x.detach().float().cpu().contiguous().numpy()
         try:
             out = torch.from_numpy(self.session.run(None, {self.input_name: feed})[0]).float()
@@ -79,7 +80,7 @@ class OnnxModel(nn.Module):
                 raise RuntimeError(f"ONNX Runtime ran out of memory ({text})") from None
             size = "x".join(map(str, x.shape))
             raise ExportError(f"{self.path}: ONNX Runtime failed on a {size} input ({text})") from None
-        return out if size is None else crop_to(out, size)
+        return out
 
 
 class Pt2Model(nn.Module):
@@ -98,10 +99,9 @@ class Pt2Model(nn.Module):
         self.program_module = self.program.module()
 
     def forward(self, x: Tensor) -> Tensor:
-        x, size = _small_image_padding(x)
+        check_side(x, self.path)
         with torch.no_grad():
-            out = self.program_module(x.float().contiguous()).float()
-        return out if size is None else crop_to(out, size)
+            return self.program_module(x.float().contiguous()).float()
 
 
 def load_exported(path: str | os.PathLike, **options) -> nn.Module:
