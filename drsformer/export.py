@@ -76,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise ConfigError(f"-o {out}: is a folder; give a file name")
+    if fmt == "onnx" and args.precision == "bf16":
+        raise ConfigError(
+            "--precision bf16: ONNX Runtime has no bf16 kernels for this graph (its CPU provider refuses the file); "
+            "export ONNX in fp16 or fp32, or bf16 as --format pt2"
+        )
     if args.opset is not None and fmt != "onnx":
         raise ConfigError("--opset applies to --format onnx only")
     if fmt in ("safetensors", "pth") and (args.precision != "fp32" or args.size or args.check_sizes):

@@ -189,6 +189,7 @@ def test_export_options_are_checked(tmp_path, capsys) -> None:
         (["-o", str(tmp_path / "m.bin")], "unknown suffix .bin"),
         (["-o", str(tmp_path / "m.pt2"), "--opset", "17"], "--opset applies to --format onnx only"),
         (["-o", str(tmp_path / "m.onnx"), "--size", "4"], "--size must be at least 9x9"),
+        (["-o", str(tmp_path / "m.onnx"), "--precision", "bf16"], "ONNX Runtime has no bf16 kernels"),
         (["-o", str(tmp_path / "m.safetensors"), "--precision", "fp16"], "converts weights as they are"),
     ]
     for options, message in cases:
