@@ -108,10 +108,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backend",
-        choices=BACKENDS,
-        default="pytorch",
-        help="pytorch (default): the model from --weights; onnxruntime: an exported file (--model FILE.onnx, "
-        "see drsformer export), whole images at the precision it was exported with",
+        choices=("auto", *BACKENDS),
+        default="auto",
+        help="pytorch: the model from --weights, exact tiles; onnxruntime: an exported file (--model FILE.onnx, "
+        "see drsformer export), whole images at the precision it was exported with; auto (default): "
+        "onnxruntime when --model is given, else pytorch",
     )
     parser.add_argument("--model", help="the .onnx file for --backend onnxruntime")
     parser.add_argument("-i", "--input", required=True, help="a photo, or a folder of photos")
@@ -135,10 +136,10 @@ def pytorch_backend(args: argparse.Namespace, device) -> tuple[nn.Module, Infere
     """The model from ``--weights`` on ``device``, and the settings it runs with (``--tile auto`` resolved)."""
     from .archs.checkpoint import load_model
 
+    if args.model:
+        raise ConfigError("--backend pytorch reads --weights; --model is the exported file of --backend onnxruntime")
     if not args.weights:
         raise ConfigError("--weights is required (or --backend onnxruntime --model FILE.onnx)")
-    if args.model:
-        raise ConfigError("--model is the exported file of --backend onnxruntime; the pytorch backend reads --weights")
     model, note = load_model(args.weights, args.params_key)
     model = model.eval().to(device)
     if note:
@@ -185,11 +186,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--jpeg-quality must be between 1 and 100, got {args.jpeg_quality}")
     device = resolve_device(args.device)
     InferenceSettings(args.precision, None, args.self_ensemble).check()
-    if args.backend == "onnxruntime":
+    backend = args.backend if args.backend != "auto" else ("onnxruntime" if args.model else "pytorch")
+    if backend == "onnxruntime":
         model, settings = onnx_backend(args, device)
     else:
         model, settings = pytorch_backend(args, device)
-    print(f"{len(files)} images, device {device}, {args.backend}, {settings.describe()}", file=sys.stderr)
+    print(f"{len(files)} images, device {device}, {backend}, {settings.describe()}", file=sys.stderr)
 
     report, start = DerainReport(), time.perf_counter()
     for path in tqdm(files, desc="derain", unit="img", disable=args.quiet):

@@ -154,14 +154,7 @@ def export_graph(model, args: argparse.Namespace, fmt: str, out: Path) -> int:
         passed, checks = verify.verify(exported, model, sizes, args.precision, report=print)
         del exported
         if not passed:
-            worst = max((c for c in checks if c.decided), key=lambda c: c.exported, default=None)
-            why = (
-                f"differs from PyTorch by {worst.exported:.2e} at {worst.height}x{worst.width} "
-                f"(bound {worst.bound:.0e})"
-                if worst is not None and worst.exported > worst.bound
-                else f"no input of some size had stable top-k decisions in {verify.TRIES} tries"
-            )
-            raise ExportError(f"{out}: the exported file {why}; nothing was kept")
+            raise ExportError(f"{out}: the exported file {verify.failure(checks)}; nothing was kept")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

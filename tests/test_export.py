@@ -122,16 +122,30 @@ def test_a_file_that_fails_its_check_is_not_kept(tmp_path, capsys, monkeypatch) 
     assert list(tmp_path.iterdir()) == [weights]
 
 
-def test_verify_fails_a_wrong_file_and_calls_ties_undecided() -> None:
+def test_verify_fails_a_wrong_file_and_tells_ties_apart() -> None:
     model = DRSformer(**SMALL, mefc=False).eval()
     sizes = [(1, 40, 24)]
     passed, checks = verify.verify(lambda x: model(x) + 3e-4, model, sizes)
-    assert not passed and checks[0].decided and checks[0].row().endswith("FAIL")
-    passed, _ = verify.verify(lambda x: model(x), model, sizes)
-    assert passed
-    # A row whose two PyTorch paths disagree says nothing about the file: never a pass.
-    tie = verify.SizeCheck(40, 24, 1, 0, exported=0.0, eager_paths=2e-3, bound=1e-4)
-    assert not tie.decided and not tie.passed and "undecided" in tie.row()
+    assert not passed and len(checks) == 1 and checks[0].verdict == "FAIL"  # no tie explains it: no retry
+    assert checks[0].gap >= verify.TIE_GAP and checks[0].row().endswith("FAIL")
+    assert "differs from PyTorch by 3.00e-04 at 40x24" in verify.failure(checks)
+    passed, checks = verify.verify(lambda x: model(x), model, sizes)
+    assert passed and checks[0].verdict == "ok"
+    # A difference where two scores sit within rounding at a top-k threshold: not a verdict on the file.
+    tie = verify.InputCheck(1, 40, 24, 0, difference=2e-3, gap=3e-8, bound=1e-4)
+    assert tie.verdict == "top-k tie" and "top-k tie on each of" in verify.failure([tie])
+
+
+def test_smallest_topk_gap_finds_a_planted_tie() -> None:
+    model = DRSformer(**SMALL, mefc=False).eval()
+    image = _images(1, 24, 24)
+    assert verify.smallest_topk_gap(model, image) > 1e-4
+    # Identical q rows for two channels of a head make their scores with every k equal: a gap of exactly 0.
+    attn = model.encoder_level1[0].attn
+    with torch.no_grad():
+        attn.qkv_dwconv.weight[8 + 1] = attn.qkv_dwconv.weight[8 + 0]  # k channels 0 and 1 of head 0
+        attn.qkv.weight[8 + 1] = attn.qkv.weight[8 + 0]
+    assert verify.smallest_topk_gap(model, image) == 0.0
 
 
 def test_derain_with_onnxruntime_matches_pytorch(onnx_export, tmp_path, capsys) -> None:
@@ -143,8 +157,8 @@ def test_derain_with_onnxruntime_matches_pytorch(onnx_export, tmp_path, capsys) 
     write_image(photos / "a.png", rng.integers(0, 256, (45, 70, 3), dtype=np.uint8))
     write_image(photos / "b.jpg", rng.integers(0, 256, (64, 33, 3), dtype=np.uint8))
     onnx_out, torch_out = tmp_path / "onnx", tmp_path / "torch"
-    assert main(["derain", "--backend", "onnxruntime", "--model", str(path), "-i", str(photos), "-o", str(onnx_out),
-                 "--quiet", "--self-ensemble"]) == 0  # fmt: skip
+    assert main(["derain", "--model", str(path), "-i", str(photos), "-o", str(onnx_out), "--quiet",
+                 "--self-ensemble"]) == 0  # fmt: skip  (--backend auto: onnxruntime, as --model is given)
     assert main(["derain", "--weights", str(weights), "-i", str(photos), "-o", str(torch_out), "--quiet",
                  "--self-ensemble", "--tile", "0"]) == 0  # fmt: skip
     assert "onnxruntime, whole images, fp32, self-ensemble" in capsys.readouterr().err
@@ -160,7 +174,8 @@ def test_derain_with_onnxruntime_matches_pytorch(onnx_export, tmp_path, capsys) 
         (["--backend", "onnxruntime", "--model", "{onnx}", "--tile", "256"], "an ONNX file runs whole images"),
         (["--backend", "onnxruntime", "--model", "{onnx}", "--precision", "bf16"], "precision it was exported with"),
         (["--backend", "onnxruntime", "--model", "{onnx}", "--weights", "w.pth"], "belong to the pytorch backend"),
-        (["--model", "{onnx}"], "--weights is required"),
+        (["--backend", "pytorch", "--model", "{onnx}"], "--backend pytorch reads --weights"),
+        ([], "--weights is required"),
     ],
 )
 def test_derain_backend_options_are_checked(onnx_export, tmp_path, capsys, options, message) -> None:

@@ -1,13 +1,15 @@
 """Checking an exported file against the PyTorch model it came from, at sizes other than the traced one.
 
-Top-k is discontinuous: where two attention scores of a row lie within rounding of each other at one of the
-four thresholds, any change in the order of floating-point additions (ONNX Runtime's kernels, PyTorch's own
-fast and reference paths) can move one channel in or out of the kept set, and the image changes by up to
-~1e-3. Such an input says nothing about the export. So every checked input is first run through PyTorch's
-fast *and* reference paths: when those two agree to :data:`DECISIVE` the input's top-k decisions are stable
-and the exported file must match PyTorch fp32 within the precision's bound (:data:`BOUNDS`); when they do not,
-the input is reported as *undecided* and the next seed of that size is tried (up to :data:`TRIES`). A size with
-no decided input fails too: the check never passes on inputs that cannot tell.
+Top-k is discontinuous: where a row's k-th and (k+1)-th attention scores lie within rounding of each other at
+one of the four thresholds, a different order of floating-point additions (ONNX Runtime's kernels, tiles,
+PyTorch's own fast and reference paths) can keep a different channel, and the image moves by ~1e-3. Such an
+input says nothing about the export. So each input's *top-k gap* is measured too: the smallest k-th minus
+(k+1)-th score over every attention layer, row and threshold (:func:`smallest_topk_gap`).
+
+Verdicts, per input: ``ok`` within the precision's bound (:data:`BOUNDS`); ``top-k tie`` beyond it with a gap
+under :data:`TIE_GAP`, where rounding can flip a decision; ``FAIL`` beyond it with every decision clear of
+rounding, which only a defect of the file explains. A size passes at its first ``ok``, fails at a ``FAIL``,
+and tries the next seed after a tie (up to :data:`TRIES`); a size with ties only fails too.
 """
 
 from __future__ import annotations
@@ -20,55 +22,66 @@ import torch
 from torch import Tensor
 
 from ..archs import DRSformer
+from ..archs.attention import TopKSparseAttention, attention_sums, scores_from_sums, topk_counts
 
 # Largest |exported - PyTorch fp32| allowed, per precision of the exported graph (pixel values in [0, 1]).
 BOUNDS = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 6e-2}
-DECISIVE = 1e-5  # PyTorch fast vs reference: an input whose top-k decisions are stable
-TRIES = 3
-# Verification sizes for dynamic exports: none a multiple of 8 but one, none the traced 64 x 64, one batch of 2.
+# Scores closer than this at a threshold may be ordered differently by another order of additions (fp32
+# rounding of the sums over pixels moves scores by ~1e-6; this leaves a wide margin).
+TIE_GAP = 1e-4
+TRIES = 4
+# Verification sizes for dynamic exports: none the traced 64 x 64, two not multiples of 8, one a batch of 2.
 DYNAMIC_SIZES = ((77, 131), (96, 72), (57, 200))
 
 
-@dataclass
-class SizeCheck:
-    """One checked input: its size and seed, and the largest differences found."""
+def smallest_topk_gap(model: DRSformer, image: Tensor) -> float:
+    """The smallest k-th minus (k+1)-th largest attention score, over every attention layer of ``model``, every
+    row and the four top-k thresholds, on ``image``."""
+    gaps: list[float] = []
 
+    def record(module: TopKSparseAttention, inputs: tuple[Tensor, ...], _output: Tensor) -> None:
+        q, k, _ = module.project_qkv(inputs[0])
+        scores = scores_from_sums(attention_sums(q.flatten(-2), k.flatten(-2)), module.temperature)
+        ordered = scores.sort(dim=-1, descending=True).values
+        for count in topk_counts(scores.shape[-1]):
+            gaps.append((ordered[..., count - 1] - ordered[..., count]).min().item())
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, TopKSparseAttention)]
+    try:
+        with torch.inference_mode():
+            model(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return min(gaps)
+
+
+@dataclass
+class InputCheck:
+    """One checked input: its size and seed, the largest difference, and its top-k gap."""
+
+    batch: int
     height: int
     width: int
-    batch: int
     seed: int
-    exported: float  # max |exported - PyTorch fast fp32|
-    eager_paths: float  # max |PyTorch reference - PyTorch fast|, both fp32
+    difference: float  # max |exported - PyTorch fp32|
+    gap: float
     bound: float
 
     @property
-    def decided(self) -> bool:
-        return self.eager_paths <= DECISIVE
-
-    @property
-    def passed(self) -> bool:
-        return self.decided and self.exported <= self.bound
+    def verdict(self) -> str:
+        if self.difference <= self.bound:
+            return "ok"
+        return "top-k tie" if self.gap < TIE_GAP else "FAIL"
 
     def row(self) -> str:
-        verdict = "ok" if self.passed else ("undecided (top-k tie)" if not self.decided else "FAIL")
         size = f"{self.batch}x{self.height}x{self.width}"
         return (
-            f"{size:>14} {self.seed:>5} {self.exported:>12.2e} {self.bound:>9.0e} {self.eager_paths:>14.2e}  {verdict}"
+            f"{size:>14} {self.seed:>5} {self.difference:>12.2e} {self.bound:>9.0e} {self.gap:>12.2e}  {self.verdict}"
         )
 
 
-HEADER = f"{'input':>14} {'seed':>5} {'|file-torch|':>12} {'bound':>9} {'|ref-fast|':>14}  verdict"
-
-
-def check_input(
-    run: Callable[[Tensor], Tensor], model: DRSformer, reference: DRSformer, image: Tensor
-) -> tuple[float, float]:
-    """(max |run - model|, max |reference - model|) on ``image``, the PyTorch models in fp32."""
-    with torch.inference_mode():
-        fast = model(image).float()
-        exported = run(image).float()
-        ref = reference(image).float()
-    return (exported - fast).abs().max().item(), (ref - fast).abs().max().item()
+HEADER = f"{'input':>14} {'seed':>5} {'|file-torch|':>12} {'bound':>9} {'top-k gap':>12}  verdict"
 
 
 def verify(
@@ -77,28 +90,42 @@ def verify(
     sizes: Sequence[tuple[int, int, int]],
     precision: str = "fp32",
     report: Callable[[str], None] | None = None,
-) -> tuple[bool, list[SizeCheck]]:
+) -> tuple[bool, list[InputCheck]]:
     """Runs ``run`` (the exported file) and ``model`` (PyTorch, fp32, CPU) on seeded random images of each
-    (batch, height, width) in ``sizes``; returns whether every size has a decided input within the bound, and
-    every input checked. ``report`` receives each row as it is computed."""
+    (batch, height, width) in ``sizes``; returns whether every size passed, and every input checked. ``report``
+    receives each row as it is computed."""
     bound = BOUNDS[precision]
     fast = copy.deepcopy(model).float().eval().cpu().set_impl("fast")
-    reference = copy.deepcopy(fast).set_impl("reference")
     channels = fast.config["inp_channels"]
-    checks: list[SizeCheck] = []
+    checks: list[InputCheck] = []
     all_passed = True
     for batch, height, width in sizes:
-        size_passed = False
+        verdict = "top-k tie"
         for seed in range(TRIES):
-            generator = torch.Generator().manual_seed(1000 * seed + height * 7 + width)
+            generator = torch.Generator().manual_seed(1000 * seed + 7 * height + width)
             image = torch.rand(batch, channels, height, width, generator=generator)
-            exported, eager = check_input(run, fast, reference, image)
-            check = SizeCheck(height, width, batch, seed, exported, eager, bound)
+            with torch.inference_mode():
+                difference = (run(image).float() - fast(image)).abs().max().item()
+            gap = smallest_topk_gap(fast, image) if difference > bound else float("nan")
+            check = InputCheck(batch, height, width, seed, difference, gap, bound)
             checks.append(check)
             if report is not None:
                 report(check.row())
-            if check.decided:
-                size_passed = check.passed
+            verdict = check.verdict
+            if verdict != "top-k tie":
                 break
-        all_passed &= size_passed
+        all_passed &= verdict == "ok"
     return all_passed, checks
+
+
+def failure(checks: Sequence[InputCheck]) -> str:
+    """Why a check failed, in a few words: the worst clear difference, or the sizes that only saw ties."""
+    clear = [c for c in checks if c.verdict == "FAIL"]
+    if clear:
+        worst = max(clear, key=lambda c: c.difference)
+        return (
+            f"differs from PyTorch by {worst.difference:.2e} at {worst.height}x{worst.width} (bound "
+            f"{worst.bound:.0e}) with every top-k decision clear of rounding"
+        )
+    tied = sorted({f"{c.height}x{c.width}" for c in checks if c.verdict == "top-k tie"})
+    return f"met a top-k tie on each of {TRIES} inputs at {', '.join(tied)} (try other --check-sizes)"
