@@ -7,6 +7,7 @@ gloo otherwise.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,9 +98,18 @@ def rendezvous_store(rank: int, world_size: int, timeout: timedelta) -> dist.Sto
     return dist.PrefixStore(f"drsformer/round{_env_int('TORCHELASTIC_RESTART_COUNT', 0)}", store)
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(wait_for_all: bool = False) -> None:
+    """Leaves the process group. ``wait_for_all`` (a run that finished; never after an error, where a peer may be
+    gone) first waits until every process is here, so none tears down its connections while another still
+    communicates; then collects what still holds the group (DDP's reducer), so that Gloo's threads end while the
+    interpreter is alive. Without both, a finished run's worker could abort at exit ("terminate called without
+    an active exception") and torchrun would report the run as failed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait_for_all:
+        dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

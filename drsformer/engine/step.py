@@ -86,6 +86,10 @@ class Stepper:
         self.options, self.device, self.ema, self.ddp = options, device, ema, ddp
         self.scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
 
+    def release_wrappers(self) -> None:
+        """Drops the DDP (and compiled) wrappers once training is over; what remains runs the plain model."""
+        self.net, self.ddp = self.model, None
+
     def reset_scaler(self) -> None:
         """A fresh gradient scaler (its initial scale), e.g. after a rollback that restored a collapsed one."""
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.scaler.is_enabled())

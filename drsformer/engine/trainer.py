@@ -211,9 +211,11 @@ class Trainer:
 
             dump_options(self.options, self.run_dir / "options.yml")
         self._announce()
+        finished = False
         try:
             with StopRequest(os.environ.get(STOP_FILE_ENV)) as stop:
                 self._loop(stop)
+            finished = True
         except RuntimeError as err:
             if isinstance(err, OutOfMemory) or not is_out_of_memory(err):
                 raise  # already explained (validation), or not a memory problem
@@ -229,7 +231,9 @@ class Trainer:
             ) from None
         finally:
             self.logger.close()
-            distributed.shutdown()
+            if finished:
+                self.parts.stepper.release_wrappers()
+            distributed.shutdown(wait_for_all=finished)
             _restore_backends(self._backends)
         return self.run_dir
 
