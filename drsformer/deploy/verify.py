@@ -26,9 +26,9 @@ from ..archs.attention import TopKSparseAttention, attention_sums, scores_from_s
 
 # Largest |exported - PyTorch fp32| allowed, per precision of the exported graph (pixel values in [0, 1]).
 BOUNDS = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 6e-2}
-# Scores closer than this at a threshold may be ordered differently by another order of additions (fp32
-# rounding of the sums over pixels moves scores by ~1e-6; this leaves a wide margin).
-TIE_GAP = 1e-4
+# Scores closer than this at a threshold may be ordered differently by another order of additions. Measured on
+# the full model (scripts/topk_stability.py): decisions flipped only at gaps under 1e-7; this leaves 10x margin.
+TIE_GAP = 1e-6
 TRIES = 4
 # Verification sizes for dynamic exports: none the traced 64 x 64, two not multiples of 8, one a batch of 2.
 DYNAMIC_SIZES = ((77, 131), (96, 72), (57, 200))
