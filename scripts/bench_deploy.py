@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PATHS = ("eager-fp32", "eager-bf16", "onnx", "onnx-noopt", "authors")
+PATHS = ("eager-fp32", "eager-bf16", "onnx", "onnx-noopt", "onnx-fp16", "authors")
 
 
 def _status_mb(field: str) -> float:
@@ -85,6 +85,8 @@ def make_runner(path: str, args: argparse.Namespace, model):
         return run
     if path in ("onnx", "onnx-noopt"):
         return OnnxModel(args.onnx, optimization="all" if path == "onnx" else "none")
+    if path == "onnx-fp16":
+        return OnnxModel(args.onnx_fp16)
     if path == "authors":
         authors = authors_model(args.authors_arch, model)
 
@@ -128,7 +130,8 @@ def measure(args, path: str, tmp: Path, height: int = 0, width: int = 0, input_n
         "--threads", str(args.threads), "--repeat", str(repeat or args.repeat),
         "--out-json", str(out_json), "--out-npy", str(out_npy),
     ]  # fmt: skip
-    for flag, value in (("--weights", args.weights), ("--onnx", args.onnx), ("--authors-arch", args.authors_arch)):
+    options = (("--weights", args.weights), ("--onnx", args.onnx), ("--onnx-fp16", args.onnx_fp16))
+    for flag, value in (*options, ("--authors-arch", args.authors_arch)):
         if value:
             command += [flag, value]
     if input_npy:
@@ -221,6 +224,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=parse_size, nargs="+", default=[(128, 128), (512, 512), (1024, 1024)])
     parser.add_argument("--authors-arch", help="the authors' DRSformer_arch.py, for the 'authors' path")
     parser.add_argument("--onnx", help="an exported .onnx of the same weights (default: export one first)")
+    parser.add_argument("--onnx-fp16", help="an fp16 export (drsformer export --precision fp16), for 'onnx-fp16'")
     parser.add_argument("--pairs", help="DIR with input/ and target/: PSNR of each path instead of timing")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per path up to 512x512")
     parser.add_argument("--repeat-large", type=int, default=1, help="timed runs per path above 512x512")
@@ -236,7 +240,11 @@ def main() -> None:
         child(args)
         return
     if args.paths is None:
-        args.paths = [p for p in PATHS if p != "authors" or args.authors_arch]
+        args.paths = [
+            p for p in PATHS if (p != "authors" or args.authors_arch) and (p != "onnx-fp16" or args.onnx_fp16)
+        ]
+    if "onnx-fp16" in args.paths and not args.onnx_fp16:
+        parser.error("the onnx-fp16 path needs --onnx-fp16 FILE")
     if "authors" in args.paths and not args.authors_arch:
         parser.error("the authors path needs --authors-arch FILE")
     print(
@@ -244,7 +252,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        if any(p.startswith("onnx") for p in args.paths) and not args.onnx:
+        if any(p in ("onnx", "onnx-noopt") for p in args.paths) and not args.onnx:
             args.onnx = export_once(args, tmp)
         rows = psnr_table(args, tmp) if args.pairs else speed_table(args, tmp)
     if args.json:
