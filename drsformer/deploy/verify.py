@@ -76,9 +76,8 @@ class InputCheck:
 
     def row(self) -> str:
         size = f"{self.batch}x{self.height}x{self.width}"
-        return (
-            f"{size:>14} {self.seed:>5} {self.difference:>12.2e} {self.bound:>9.0e} {self.gap:>12.2e}  {self.verdict}"
-        )
+        gap = "-" if self.gap != self.gap else f"{self.gap:.2e}"  # measured only beyond the bound
+        return f"{size:>14} {self.seed:>5} {self.difference:>12.2e} {self.bound:>9.0e} {gap:>12}  {self.verdict}"
 
 
 HEADER = f"{'input':>14} {'seed':>5} {'|file-torch|':>12} {'bound':>9} {'top-k gap':>12}  verdict"
