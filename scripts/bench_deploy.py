@@ -112,10 +112,10 @@ def child(args: argparse.Namespace) -> None:
     _reset_peak()
     times = []
     with torch.inference_mode():
-        for i in range(args.repeat + 1):
+        for i in range(args.repeat + 1 if args.repeat else 1):
             start = time.perf_counter()
             out = run(image)
-            if i:  # the first run is the warm-up
+            if i or not args.repeat:  # the first run is the warm-up, unless it is the only one (--repeat 0)
                 times.append(time.perf_counter() - start)
     np.save(args.out_npy, out.float().clamp(0, 1).numpy())
     result = {"median_s": statistics.median(times), "times_s": times, "peak_mb": _status_mb("VmHWM"), "base_mb": base}
@@ -227,7 +227,9 @@ def main() -> None:
     parser.add_argument("--onnx-fp16", help="an fp16 export (drsformer export --precision fp16), for 'onnx-fp16'")
     parser.add_argument("--pairs", help="DIR with input/ and target/: PSNR of each path instead of timing")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per path up to 512x512")
-    parser.add_argument("--repeat-large", type=int, default=1, help="timed runs per path above 512x512")
+    parser.add_argument(
+        "--repeat-large", type=int, default=1, help="timed runs per path above 512x512 (0: one run, no warm-up)"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", help="also write the results here")
     for hidden in ("--path", "--out-json", "--out-npy", "--input-npy"):
