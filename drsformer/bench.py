@@ -26,6 +26,7 @@ from .archs.drsformer import IMPL_PARTS, IMPLS
 from .cli import add_model_arguments, model_from_args, parse_size
 from .devices import resolve_device
 from .errors import ConfigError
+from .memory import peak_mb, reset_peak
 from .precision import PRECISIONS, autocast
 
 
@@ -61,30 +62,6 @@ class BenchResult:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:  # Linux: writing 5 resets the process's peak resident set size (VmHWM)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 class _Runner:
@@ -200,11 +177,11 @@ def run_paths(model: DRSformer, settings: BenchSettings, paths: list[str]) -> tu
     for runner, result in zip(runners, results, strict=True):
         result.observed = runner.observed()
         _sync(device)
-        _reset_peak(device)
+        reset_peak(device)
         for _ in range(max(settings.warmup, 1)):
             runner.step()
         _sync(device)
-        result.peak_memory_mb = _peak_mb(device)
+        result.peak_memory_mb = peak_mb(device)
     for _ in range(settings.repeat):
         for runner, result in zip(runners, results, strict=True):
             result.times_ms.append(runner.timed_step())

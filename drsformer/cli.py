@@ -75,7 +75,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (weights, or an architecture to build with random weights)")
     group.add_argument("--weights", help="checkpoint (.pth, .safetensors); architecture inferred from its keys")
     group.add_argument("--params-key", default="params", help="weights inside the checkpoint: params or params_ema")
-    docs = {name: (factory.__doc__ or "").splitlines()[0] for name, factory in VARIANTS.items()}
+    docs = {name: (factory.__doc__ or "").splitlines()[0].rstrip(".") for name, factory in VARIANTS.items()}
     group.add_argument(
         "--variant",
         choices=sorted(VARIANTS),

@@ -30,23 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from drsformer.memory import peak_mb, reset_peak, resident_mb
+
 PATHS = ("eager-fp32", "eager-bf16", "onnx", "onnx-noopt", "onnx-fp16", "authors")
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 def load_model(weights: str | None):
@@ -108,8 +94,8 @@ def child(args: argparse.Namespace) -> None:
     else:
         generator = torch.Generator().manual_seed(1)
         image = torch.rand(1, 3, args.height, args.width, generator=generator)
-    base = _status_mb("VmRSS")
-    _reset_peak()
+    base = resident_mb()
+    reset_peak()
     times = []
     with torch.inference_mode():
         for i in range(args.repeat + 1 if args.repeat else 1):
@@ -118,7 +104,7 @@ def child(args: argparse.Namespace) -> None:
             if i or not args.repeat:  # the first run is the warm-up, unless it is the only one (--repeat 0)
                 times.append(time.perf_counter() - start)
     np.save(args.out_npy, out.float().clamp(0, 1).numpy())
-    result = {"median_s": statistics.median(times), "times_s": times, "peak_mb": _status_mb("VmHWM"), "base_mb": base}
+    result = {"median_s": statistics.median(times), "times_s": times, "peak_mb": peak_mb(), "base_mb": base}
     Path(args.out_json).write_text(json.dumps(result))
 
 

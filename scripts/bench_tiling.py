@@ -38,26 +38,11 @@ from drsformer import tiling
 from drsformer.cli import add_model_arguments, model_from_args, parse_size
 from drsformer.data.io import list_images, match_files, read_image, to_uint8
 from drsformer.inference import PRECISIONS, image_to_tensor, restore, tensor_to_image
+from drsformer.memory import peak_mb, reset_peak, resident_mb
 from drsformer.metrics.matlab import evaluate_pair
 
 PHOTO = Path(__file__).resolve().parents[1] / "tests" / "data" / "metric_images" / "rain200h_1_rainy.png"
 ONE_PIECE = 1 << 20  # a tile side no image reaches: every level in one piece
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> None:
-    try:  # writing 5 resets the peak resident set size (VmHWM) of this process
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass  # then the peak also covers building the model and the input
 
 
 def make_input(size: tuple[int, int], image: str | None) -> np.ndarray:
@@ -93,17 +78,14 @@ def measure_one(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     model = model.eval().to(device)
     image = image_to_tensor(make_input(size, args.image))
-    base = _status_mb("VmRSS")
-    _reset_peak()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        torch.cuda.synchronize(device)
+    base = resident_mb()
+    reset_peak(device)
     start = time.perf_counter()
     out = restore(model, image, args.precision, tile=tile or None)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _status_mb("VmHWM")
+    peak = peak_mb(device)
     np.save(args.child_out, out[0].numpy())
     print(json.dumps({"seconds": seconds, "peak_mb": peak, "base_mb": base}))
 

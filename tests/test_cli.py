@@ -144,3 +144,16 @@ def test_setup_never_imports_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "drsformer" in result.stdout
+
+
+def test_peak_memory_counts_what_was_touched_after_the_reset() -> None:
+    """The readings behind every "peak MB" column: the CPU peak rises by what is touched after reset_peak."""
+    from drsformer.memory import peak_mb, reset_peak, resident_mb
+
+    before = resident_mb()
+    reset_peak()
+    assert peak_mb() < before + 100
+    block = torch.ones(64 * 2**20)  # 256 MiB, all pages written
+    assert peak_mb() >= before + 200 and resident_mb() >= before + 200
+    del block
+    assert peak_mb() >= before + 200  # a high-water mark: it stays after the memory is freed
