@@ -38,7 +38,7 @@ from drsformer import tiling
 from drsformer.cli import add_model_arguments, model_from_args, parse_size
 from drsformer.data.io import list_images, match_files, read_image, to_uint8
 from drsformer.inference import PRECISIONS, image_to_tensor, restore, tensor_to_image
-from drsformer.memory import peak_mb, reset_peak, resident_mb
+from drsformer.memory import peak_mb, prefer_huge_pages, reset_peak, resident_mb
 from drsformer.metrics.matlab import evaluate_pair
 
 PHOTO = Path(__file__).resolve().parents[1] / "tests" / "data" / "metric_images" / "rain200h_1_rainy.png"
@@ -73,6 +73,7 @@ def halo_ratio(model: torch.nn.Module, height: int, width: int, tile: int) -> fl
 def measure_one(args: argparse.Namespace) -> None:
     """Child process: one size and mode; prints a JSON line and saves the float output to ``args.child_out``."""
     size, tile = parse_size(args.child_size), args.child_tile
+    prefer_huge_pages()  # as the drsformer command does; THP_MEM_ALLOC_ENABLE=0 compares without
     torch.manual_seed(args.seed)  # every child builds the same random weights
     model, _ = model_from_args(args)
     device = torch.device(args.device)

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -157,3 +158,42 @@ def test_peak_memory_counts_what_was_touched_after_the_reset() -> None:
     assert peak_mb() >= before + 200 and resident_mb() >= before + 200
     del block
     assert peak_mb() >= before + 200  # a high-water mark: it stays after the memory is freed
+
+
+def test_commands_ask_for_huge_pages_unless_the_user_chose(monkeypatch, capsys) -> None:
+    from drsformer.memory import THP_VARIABLE
+
+    monkeypatch.delenv(THP_VARIABLE, raising=False)
+    assert main(["info", *TINY_ARGS, "--json"]) == 0
+    assert os.environ[THP_VARIABLE] == "1"
+    monkeypatch.setenv(THP_VARIABLE, "0")  # a user's own setting stays
+    assert main(["info", *TINY_ARGS, "--json"]) == 0
+    assert os.environ[THP_VARIABLE] == "0"
+    capsys.readouterr()
+
+
+def _thp_mode() -> str:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "never"
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else "never"
+
+
+@pytest.mark.skipif(_thp_mode() == "never", reason="this kernel has transparent huge pages off")
+def test_huge_pages_back_large_tensors_once_asked_for() -> None:
+    """In a fresh process (PyTorch reads the setting once): a 64 MB tensor lands in huge pages, and not without."""
+    code = (
+        "import sys, torch; from drsformer.memory import prefer_huge_pages\n"
+        "if sys.argv[1] == 'ask': prefer_huge_pages()\n"
+        "x = torch.ones(16 * 2**20)\n"
+        "print([int(l.split()[1]) for l in open('/proc/self/smaps_rollup') if l.startswith('AnonHugePages')][0])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    huge = {}
+    for mode in ("ask", "leave"):
+        done = subprocess.run([sys.executable, "-c", code, mode], env=env, capture_output=True, text=True, check=True)
+        huge[mode] = int(done.stdout.strip().splitlines()[-1])
+    assert huge["ask"] >= 32 * 1024  # kB: at least half of the tensor
+    if _thp_mode() == "madvise":  # with "always" the kernel uses them anyway
+        assert huge["leave"] < 32 * 1024
