@@ -117,7 +117,7 @@ def measure(args, path: str, tmp: Path, height: int = 0, width: int = 0, input_n
     out_json, out_npy = tmp / f"{tag}.json", tmp / f"{tag}.npy"
     command = [
         sys.executable, __file__, "--child", "--path", path, "--height", str(height), "--width", str(width),
-        "--threads", str(args.threads), "--repeat", str(repeat or args.repeat),
+        "--threads", str(args.threads), "--repeat", str(args.repeat if repeat is None else repeat),
         "--out-json", str(out_json), "--out-npy", str(out_npy),
     ]  # fmt: skip
     options = (("--weights", args.weights), ("--onnx", args.onnx), ("--onnx-fp16", args.onnx_fp16))
