@@ -122,7 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=parse_tile,
         default="auto",
         help="tile size in pixels, 0 for whole images, or auto (default): the largest that fits the free GPU "
-        "memory, 512 on CPU. Tiles are exact: they change memory and speed, never the pixels",
+        "memory, 256 on CPU. Tiles are exact: they change memory and speed, never the pixels",
     )
     parser.add_argument("--self-ensemble", action="store_true", help="average the 8 flips and rotations (8x slower)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="autocast precision")

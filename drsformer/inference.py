@@ -30,8 +30,9 @@ from .devices import default_device, is_out_of_memory  # noqa: F401 (default_dev
 from .errors import ConfigError, OutOfMemory
 from .precision import PRECISIONS, autocast, check_precision  # noqa: F401 (PRECISIONS: as above)
 
-# --tile auto on CPU (see scripts/bench_tiling.py): larger tiles recompute less of the halos.
-CPU_DEFAULT_TILE = 512
+# --tile auto on CPU: at 1024^2 on the full model, 256-pixel tiles ran in 0.73x the time of 512-pixel ones and
+# 0.66x their peak memory, despite 10 % halo work against 3 % (docs/benchmarks.md, scripts/bench_tiling.py).
+CPU_DEFAULT_TILE = 256
 TILE_MULTIPLE = 8  # tile sides are multiples of the model's size multiple
 AUTO_TILE_LIMITS = (64, 4096)  # --tile auto on CUDA picks within these (multiples of 64)
 
@@ -151,7 +152,7 @@ def restore_or_explain(
             raise
         device = _model_device(model, image.device)
         size = "x".join(map(str, image.shape[-2:]))
-        hint = f"a smaller {tile_key}" if settings.tile else f"{tile_key} 512"
+        hint = f"a smaller {tile_key}" if settings.tile else f"{tile_key} {CPU_DEFAULT_TILE}"
         raise OutOfMemory(
             f"{where}: out of memory on {device} restoring {size} pixels; use {hint} (tiles are exact: the result "
             "does not change, only the memory and the time)"

@@ -194,7 +194,7 @@ def test_out_of_memory_on_one_photo_names_it_and_the_others_go_on(tmp_path, mode
     argv = ["derain", "--weights", str(weights), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--quiet"]
     assert main([*argv, "--tile", "0"]) == 1
     captured = capsys.readouterr()
-    assert f"{tmp_path / 'in' / 'big.png'}: out of memory on cpu restoring 40x40 pixels; use --tile 512" in captured.err
+    assert f"{tmp_path / 'in' / 'big.png'}: out of memory on cpu restoring 40x40 pixels; use --tile 256" in captured.err
     assert "1 failed: big.png" in captured.out and (tmp_path / "out" / "small.png").is_file()
     # With tiles the same photo fits: exact tiling never calls the whole network on the whole image.
     assert main([*argv, "--tile", "16", "--overwrite"]) == 0

@@ -268,5 +268,5 @@ def test_out_of_memory_stops_with_one_line_naming_the_image_and_tile(tmp_path, w
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("drsformer test: error: Rain200H/1.png: out of memory on cpu restoring 40x48 pixels")
-    assert "use --tile 512 (tiles are exact" in err
+    assert "use --tile 256 (tiles are exact" in err
     assert main([*argv, "--tile", "16"]) == 0  # exact tiles: the same scores, in less memory
