@@ -650,7 +650,7 @@ class OomAbove(DRSformer):
         (
             16 * 16,
             "validation of val at iteration 3, 0.png: out of memory on cpu restoring 32x40 pixels; use val.tile "
-            "512 (tiles are exact",
+            "256 (tiles are exact",
         ),
     ],
 )
