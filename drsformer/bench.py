@@ -26,7 +26,7 @@ from .archs.drsformer import IMPL_PARTS, IMPLS
 from .cli import add_model_arguments, model_from_args, parse_size
 from .devices import resolve_device
 from .errors import ConfigError
-from .memory import peak_mb, reset_peak
+from .memory import peak_mb, prefer_huge_pages, reset_peak
 from .precision import PRECISIONS, autocast
 
 
@@ -299,6 +299,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.mode == "infer":  # as derain and test do
+        prefer_huge_pages()
     args.device = str(resolve_device(args.device))
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     unknown = [p for p in parts if p not in IMPL_PARTS]

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import DrsformerError, RunStopped
-from .memory import prefer_huge_pages
 
 # name -> (module, one-line help). Modules are imported when the parser is built.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -114,7 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_command(name: str, handler: Any, args: argparse.Namespace) -> int:
     """Runs a subcommand; our own errors become one line on stderr and exit status 2."""
-    prefer_huge_pages()
     try:
         return handler(args)
     except RunStopped as stop:

@@ -28,6 +28,7 @@ from .data.io import ImageWithAlpha, list_images, name_list, read_image_with_alp
 from .devices import resolve_device
 from .errors import ConfigError, ExportError, ImageReadError, ImageWriteError, MissingPathError, OutOfMemory
 from .inference import InferenceSettings, image_to_tensor, pick_tile, restore_or_explain, tensor_to_image
+from .memory import prefer_huge_pages
 from .precision import PRECISIONS
 
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
@@ -176,6 +177,7 @@ def onnx_backend(args: argparse.Namespace, device) -> tuple[nn.Module, Inference
 
 
 def run(args: argparse.Namespace) -> int:
+    prefer_huge_pages()
     files = input_files(args.input)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():

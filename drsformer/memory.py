@@ -19,7 +19,8 @@ def prefer_huge_pages() -> bool:
     """Ask for transparent huge pages for large CPU tensors, unless the user set ``THP_MEM_ALLOC_ENABLE`` already.
 
     Without them every large activation is faulted in 4 KB at a time: the full model's whole 512^2 image spent as
-    much time in the kernel as in its own code, and ran 1.66x faster with them (docs/benchmarks.md). It takes
+    much time in the kernel as in its own code, and ran 1.66x faster with them (docs/benchmarks.md). ``derain``,
+    ``test`` and ``bench --mode infer`` call this; training, where no gain was measured, does not. It takes
     effect only if no tensor of 2 MB or more was allocated in this process before. Returns whether it is asked for.
     """
     os.environ.setdefault(THP_VARIABLE, "1")

@@ -38,6 +38,7 @@ from .data.io import list_images, match_files, name_list, read_image, to_uint8, 
 from .devices import resolve_device
 from .errors import ConfigError, EvaluationError, ImageReadError, ImageWriteError, MissingPathError
 from .inference import InferenceSettings, image_to_tensor, restore_or_explain, tensor_to_image
+from .memory import prefer_huge_pages
 from .metrics import noref
 from .metrics.matlab import PROTOCOLS, evaluate_pair
 from .precision import PRECISIONS
@@ -476,6 +477,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    prefer_huge_pages()
     jobs, options = plan_from_args(args)
     device = str(resolve_device(options.get("device"), "device"))
     settings = InferenceSettings(options["precision"], options["tile"] or None, options["self_ensemble"]).check()

@@ -11,7 +11,7 @@ export made once at the start (``drsformer export``'s tracing, without its check
 output itself). Each (path, size) runs in a fresh process: peak memory is that process's resident-set high-water
 mark after the model and input are built ("base" is the resident set then). Times are the median of
 ``--repeat`` runs after one warm-up. "max diff" is the largest difference from eager fp32 on the same input.
-This package's paths ask for huge pages as the ``drsformer`` command does (set ``THP_MEM_ALLOC_ENABLE=0`` to
+This package's paths ask for huge pages as ``drsformer derain`` does (set ``THP_MEM_ALLOC_ENABLE=0`` to
 compare without); the authors' path gets the environment as it is.
 """
 
@@ -89,7 +89,7 @@ def make_runner(path: str, args: argparse.Namespace, model):
 def child(args: argparse.Namespace) -> None:
     """One (path, input) measurement; writes JSON and the output array."""
     torch.set_num_threads(args.threads)
-    if args.path != "authors":  # as the drsformer command does; the authors' code runs as its users get it
+    if args.path != "authors":  # as derain does; the authors' code runs as its users get it
         prefer_huge_pages()
     model = load_model(args.weights)
     run = make_runner(args.path, args, model)

@@ -73,7 +73,7 @@ def halo_ratio(model: torch.nn.Module, height: int, width: int, tile: int) -> fl
 def measure_one(args: argparse.Namespace) -> None:
     """Child process: one size and mode; prints a JSON line and saves the float output to ``args.child_out``."""
     size, tile = parse_size(args.child_size), args.child_tile
-    prefer_huge_pages()  # as the drsformer command does; THP_MEM_ALLOC_ENABLE=0 compares without
+    prefer_huge_pages()  # as derain does; THP_MEM_ALLOC_ENABLE=0 compares without
     torch.manual_seed(args.seed)  # every child builds the same random weights
     model, _ = model_from_args(args)
     device = torch.device(args.device)

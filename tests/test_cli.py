@@ -160,14 +160,17 @@ def test_peak_memory_counts_what_was_touched_after_the_reset() -> None:
     assert peak_mb() >= before + 200  # a high-water mark: it stays after the memory is freed
 
 
-def test_commands_ask_for_huge_pages_unless_the_user_chose(monkeypatch, capsys) -> None:
+def test_inference_commands_ask_for_huge_pages_unless_the_user_chose(monkeypatch, capsys) -> None:
     from drsformer.memory import THP_VARIABLE
 
+    bench = ["bench", *TINY_ARGS, "--size", "16", "--warmup", "1", "--repeat", "1", "--device", "cpu"]
     monkeypatch.delenv(THP_VARIABLE, raising=False)
-    assert main(["info", *TINY_ARGS, "--json"]) == 0
+    assert main([*bench, "--mode", "train"]) == 0
+    assert THP_VARIABLE not in os.environ  # training: no gain was measured, so it is left alone
+    assert main([*bench, "--mode", "infer"]) == 0
     assert os.environ[THP_VARIABLE] == "1"
     monkeypatch.setenv(THP_VARIABLE, "0")  # a user's own setting stays
-    assert main(["info", *TINY_ARGS, "--json"]) == 0
+    assert main([*bench, "--mode", "infer"]) == 0
     assert os.environ[THP_VARIABLE] == "0"
     capsys.readouterr()
 
@@ -197,3 +200,21 @@ def test_huge_pages_back_large_tensors_once_asked_for() -> None:
     assert huge["ask"] >= 32 * 1024  # kB: at least half of the tensor
     if _thp_mode() == "madvise":  # with "always" the kernel uses them anyway
         assert huge["leave"] < 32 * 1024
+
+
+def test_derain_and_test_ask_for_huge_pages(tmp_path, monkeypatch, capsys) -> None:
+    from drsformer.data.io import write_image
+    from drsformer.memory import THP_VARIABLE
+
+    torch.save({"params": DRSformer(**TINY, mefc=False).state_dict()}, tmp_path / "w.pth")
+    image = torch.randint(0, 256, (24, 32, 3), dtype=torch.uint8).numpy()
+    for folder in ("input", "target"):
+        write_image(tmp_path / "Rain200H" / folder / "1.png", image)
+    weights = ["--weights", str(tmp_path / "w.pth")]
+    for argv in (
+        ["derain", *weights, "-i", str(tmp_path / "Rain200H" / "input"), "-o", str(tmp_path / "out"), "--quiet"],
+        ["test", *weights, "--data", f"Rain200H={tmp_path / 'Rain200H'}", "--out", str(tmp_path / "r"), "--quiet"],
+    ):
+        monkeypatch.delenv(THP_VARIABLE, raising=False)
+        assert main(argv) == 0, capsys.readouterr().err
+        assert os.environ[THP_VARIABLE] == "1", argv[0]
