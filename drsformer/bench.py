@@ -176,11 +176,9 @@ def run_paths(model: DRSformer, settings: BenchSettings, paths: list[str]) -> tu
 
     for runner, result in zip(runners, results, strict=True):
         result.observed = runner.observed()
-        _sync(device)
-        reset_peak(device)
+        reset_peak(device)  # both synchronise CUDA first
         for _ in range(max(settings.warmup, 1)):
             runner.step()
-        _sync(device)
         result.peak_memory_mb = peak_mb(device)
     for _ in range(settings.repeat):
         for runner, result in zip(runners, results, strict=True):
