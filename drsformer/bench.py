@@ -97,10 +97,13 @@ class _Runner:
 
     def timed_step(self) -> float:
         if self.device.type == "cuda":
+            # On the stream the work runs on: the model's device's (an event recorded without a stream would go
+            # to the current device's, cuda:0's, and time nothing when the model is on cuda:N).
+            stream = torch.cuda.current_stream(self.device)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+            start.record(stream)
             self.step()
-            end.record()
+            end.record(stream)
             end.synchronize()
             return start.elapsed_time(end)
         begin = time.perf_counter()
@@ -108,12 +111,14 @@ class _Runner:
         return (time.perf_counter() - begin) * 1000
 
     def output(self) -> torch.Tensor:
+        """The model's output in eval mode, run uncompiled (a compiled model would compile a second, eval graph
+        beside the timed one); the fast and reference paths' outputs are compared with it."""
         seen: list[torch.dtype] = []  # the dtype convolutions compute in (autocast changes it)
         hook = self.model.patch_embed.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
         with torch.inference_mode(), self.autocast:
             was_training = self.model.training
             self.model.eval()
-            out = self.net(self.image)
+            out = self.model(self.image)
             self.model.train(was_training)
         hook.remove()
         self.compute_dtype = str(seen[0]).removeprefix("torch.") if seen else "unknown"
@@ -156,6 +161,15 @@ def run_paths(model: DRSformer, settings: BenchSettings, paths: list[str]) -> tu
     outputs on the benchmark input (inference mode, the benchmark's precision).
     """
     device = torch.device(settings.device)
+    if device.type == "cuda":
+        with torch.cuda.device(device):  # cuda:N is the current device for every call below
+            return _run_paths(model, settings, paths, device)
+    return _run_paths(model, settings, paths, device)
+
+
+def _run_paths(
+    model: DRSformer, settings: BenchSettings, paths: list[str], device: torch.device
+) -> tuple[list[BenchResult], float | None]:
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     generator = torch.Generator().manual_seed(settings.seed)
     image = torch.rand(

@@ -27,11 +27,21 @@ def resolve_device(name: str | None, key: str = "--device") -> torch.device:
     return device
 
 
+# How allocation failures read: PyTorch's allocators (CPU and CUDA), and cuBLAS's and cuDNN's own workspaces,
+# which fail with a status of their own rather than an OutOfMemoryError.
+OUT_OF_MEMORY_MESSAGES = (
+    "out of memory",
+    "ran out of memory",
+    "can't allocate memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+)
+
+
 def is_out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` is an allocation failure: CUDA's ``OutOfMemoryError``, or the CPU allocator's."""
+    """Whether ``err`` is an allocation failure: CUDA's ``OutOfMemoryError``, the CPU allocator's, or cuBLAS's or
+    cuDNN's failure to allocate a workspace."""
     if isinstance(err, torch.cuda.OutOfMemoryError):
         return True
     text = str(err)
-    return isinstance(err, RuntimeError) and any(
-        m in text for m in ("out of memory", "ran out of memory", "can't allocate memory")
-    )
+    return isinstance(err, RuntimeError) and any(m in text for m in OUT_OF_MEMORY_MESSAGES)

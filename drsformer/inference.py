@@ -15,9 +15,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,18 @@ def _ensemble(forward: Callable[[Tensor], Tensor], x: Tensor, self_ensemble: boo
     return total / len(DIHEDRAL)
 
 
+@contextlib.contextmanager
+def no_cudnn_autotuning() -> Iterator[None]:
+    """cuDNN autotuning off for the duration: tiles come in many edge and halo shapes, and each new shape would
+    be autotuned (training turns it on for its few fixed crop sizes)."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     param = next(iter(model.parameters()), None)
     return param.device if param is not None else fallback
@@ -107,8 +120,9 @@ def restore(
 
     ``tile`` (pixels; None or 0: whole images) computes DRSformer's whole-image output tile by tile, so that
     memory is bounded by the tile (see :mod:`drsformer.tiling`; ``storage`` says where its full-size maps
-    live); ``self_ensemble`` averages the 8 flips/rotations; ``precision`` is fp32, bf16 or fp16 autocast. The
-    model runs on its own device; the result stays on ``image``'s device. ``progress`` shows a bar over tiles.
+    live, decided once per call); ``self_ensemble`` averages the 8 flips/rotations; ``precision`` is fp32, bf16
+    or fp16 autocast. The model runs on its own device; the result stays on ``image``'s device. ``progress``
+    shows a bar over tiles.
     """
     settings = InferenceSettings(precision, tile or None, self_ensemble).check()
     if image.ndim != 4:
@@ -119,11 +133,14 @@ def restore(
         return autocast(device, settings.precision)
 
     if settings.tile is not None and tiling.supports(model):
+        # Decided once for all 8 passes of a self-ensemble, so that every pass returns on the same device.
+        where = tiling.resolve_storage(model, tuple(image.shape), storage)
 
         def forward(x: Tensor) -> Tensor:
-            return tiling.tiled_forward(model, x, settings.tile, cast, storage=storage, progress=progress)
+            return tiling.tiled_forward(model, x, settings.tile, cast, storage=where, progress=progress)
 
-        out = _ensemble(forward, image, settings.self_ensemble)
+        with no_cudnn_autotuning():
+            out = _ensemble(forward, image, settings.self_ensemble)
     else:
         if settings.tile is not None:
             warnings.warn(

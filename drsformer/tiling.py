@@ -14,7 +14,7 @@ Memory: the network's activations exist for one tile at a time. The tile is ``ti
 and holds the same number of values at every level (a level with twice the channels gets tiles of half the
 area); a level no larger than its tile runs in one piece. The full-size maps (about ``5.75 * dim + 6`` values
 per pixel at the peak, with the skip connections) live on the model's device, or with ``storage="host"`` in
-(pinned, on CUDA) host memory, copied to the device tile by tile.
+host memory (page-locked on CUDA, exactly as large as the maps), copied to the device tile by tile.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from .archs.mefc import conv_radius
 from .archs.padding import crop_to, pad_to_multiple
 
 STORAGES = ("auto", "device", "host")
+AUTO_FRACTION = 0.3  # storage "auto": the device's memory, unless the maps would take more than this of its free memory
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,31 @@ def supports(model: nn.Module) -> bool:
     return isinstance(model, DRSformer)
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` for the maps (CUDA: what the driver reports; None elsewhere: no device limit)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.mem_get_info(device)[0]
+
+
+def resolve_storage(model: DRSformer, shape: tuple[int, ...], storage: str, fraction: float = AUTO_FRACTION) -> str:
+    """``device`` or ``host``: where the full-size maps for a batch of ``shape`` live. ``auto`` is the device
+    unless the maps would take more than ``fraction`` of its free memory (:func:`free_memory`).
+
+    Decide once per image (:func:`~drsformer.inference.restore` does, before the self-ensemble's passes): the
+    free-memory reading counts PyTorch's cache as used, so it shrinks after the first pass.
+    """
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+    if storage != "auto":
+        return storage
+    free = free_memory(next(model.parameters()).device)
+    if free is None:
+        return "device"
+    need = storage_bytes_per_pixel(model) * shape[0] * shape[-2] * shape[-1]
+    return "device" if need <= fraction * free else "host"
+
+
 def storage_bytes_per_pixel(model: DRSformer, element_size: int = 4) -> float:
     """Bytes per input pixel of the full-size maps alive at the peak (the level-1 decoder: the image, the three
     skips and the decoder's input and output at 2 * dim channels)."""
@@ -118,14 +144,82 @@ def storage_bytes_per_pixel(model: DRSformer, element_size: int = 4) -> float:
     return values * element_size
 
 
+class MapCopies:
+    """Copies of tiles into full-size maps, and the one rule that keeps them exact.
+
+    On CUDA with the maps in host memory a copy into a map is asynchronous: a window that is the whole map (a
+    level that fits one tile) becomes a ``cudaMemcpyAsync`` that lands later. Reading a map on the host (a
+    halo window is not contiguous, so moving it to the device first gathers it on the host, at once) must
+    therefore wait for the copies into it. Rule: :meth:`settle` when a map is complete, before anything reads
+    it, hands it back to the pool or writes into it again. With the maps on the device every copy and read is
+    ordered on one stream, and :meth:`settle` does nothing.
+    """
+
+    def __init__(self, device: torch.device, store: torch.device) -> None:
+        self.device = device
+        self.asynchronous = device.type == "cuda" and store.type == "cpu"
+
+    def write(self, window: Tensor, tile: Tensor) -> None:
+        """``window`` (a view of a map) := ``tile``; asynchronous where :attr:`asynchronous`."""
+        window.copy_(tile, non_blocking=self.asynchronous)
+
+    def settle(self) -> None:
+        """Returns once every copy queued so far has landed."""
+        if self.asynchronous:
+            torch.cuda.current_stream(self.device).synchronize()
+
+
+class HostMaps:
+    """Page-locked host memory for the maps on CUDA, as large as the maps themselves.
+
+    PyTorch's pinned allocator rounds each block up to a power of two (a 4K photo's maps pinned 10 GB or more).
+    Here each map is ordinary memory registered with the driver (``cudaHostRegister``) while the run needs it,
+    on pages of its own (two registrations may not share a page), so the pinned total is the maps' own size to
+    a page each. :attr:`peak_bytes` says how much was pinned at most.
+    """
+
+    PAGE = 4096
+
+    def __init__(self) -> None:
+        self.registered: list[tuple[Tensor, int]] = []  # (buffer, first registered address)
+        self.bytes = 0
+        self.peak_bytes = 0
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        pages = -(-max(size, 1) // self.PAGE) * self.PAGE
+        buffer = torch.empty(pages + self.PAGE, dtype=torch.uint8)
+        offset = -buffer.data_ptr() % self.PAGE
+        start = buffer.data_ptr() + offset
+        error = int(torch.cuda.cudart().cudaHostRegister(start, pages, 0))
+        if error:
+            raise RuntimeError(
+                f"cudaHostRegister of {pages / 2**20:.0f} MB of host memory for the tiles' maps failed (CUDA error "
+                f"{error}); use storage on the device, or a smaller image"
+            )
+        self.registered.append((buffer, start))
+        self.bytes += pages
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+        return buffer[offset : offset + size].view(dtype).view(shape)
+
+    def release_all(self) -> None:
+        """Unregisters every map (the memory stays valid, unpinned); the caller has synchronised first."""
+        for _, start in self.registered:
+            torch.cuda.cudart().cudaHostUnregister(start)
+        self.registered.clear()
+        self.bytes = 0
+
+
 class ExactTiler:
     """Runs a DRSformer over an N x C x H x W batch tile by tile, giving its whole-image output.
 
     ``tile``: the tile side at full resolution (pixels). ``autocast``: a context manager factory for the
     precision (every tile runs inside it; the sums are formed in float32 whatever it is). ``storage``: where the
-    full-size maps live: ``device`` (the model's), ``host`` (CPU memory, pinned when the model is on CUDA), or
-    ``auto`` (the device unless the maps would take more than ``auto_fraction`` of its free memory).
+    full-size maps live: ``device`` (the model's), ``host`` (CPU memory, page-locked when the model is on CUDA),
+    or ``auto`` (:func:`resolve_storage`, decided at each call).
     """
+
+    copies_type = MapCopies
 
     def __init__(
         self,
@@ -134,7 +228,7 @@ class ExactTiler:
         autocast: Callable[[], object],
         storage: str = "auto",
         progress: bool = False,
-        auto_fraction: float = 0.3,
+        auto_fraction: float = AUTO_FRACTION,
     ) -> None:
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
@@ -148,26 +242,24 @@ class ExactTiler:
         self.device = param.device
         self.channels_last = model.layout_impl == "fast" and self.device.type == "cpu"
         self._pool: dict[tuple, list[Tensor]] = {}
+        self.host_maps = HostMaps()
 
     # -- storage ---------------------------------------------------------------------------------------------
     def _storage_device(self, image: Tensor) -> torch.device:
-        if self.storage == "host" or self.device.type != "cuda":
-            return torch.device("cpu") if self.storage == "host" else self.device
-        if self.storage == "device":
-            return self.device
-        free, _ = torch.cuda.mem_get_info(self.device)
-        need = storage_bytes_per_pixel(self.model) * image.shape[0] * image.shape[-2] * image.shape[-1]
-        return self.device if need <= self.auto_fraction * free else torch.device("cpu")
+        where = resolve_storage(self.model, tuple(image.shape), self.storage, self.auto_fraction)
+        return torch.device("cpu") if where == "host" else self.device
 
     def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        """A full-size map, reused from maps this run no longer needs when one of that shape is free."""
+        """A full-size map, reused from maps this run no longer needs when one of that shape is free (every copy
+        into or out of a map has landed before it is handed back: see :class:`MapCopies`)."""
         key = (shape, dtype)
         if self._pool.get(key):
             return self._pool[key].pop()
-        pin = self.store.type == "cpu" and self.device.type == "cuda"
+        if self.store.type == "cpu" and self.device.type == "cuda":
+            return self.host_maps.empty(shape, dtype)
         if self.channels_last and len(shape) == 4:
             return torch.empty(shape, dtype=dtype, device=self.store, memory_format=torch.channels_last)
-        return torch.empty(shape, dtype=dtype, device=self.store, pin_memory=pin)
+        return torch.empty(shape, dtype=dtype, device=self.store)
 
     def _release(self, x: Tensor) -> None:
         self._pool.setdefault((tuple(x.shape), x.dtype), []).append(x)
@@ -179,6 +271,7 @@ class ExactTiler:
     # -- running -----------------------------------------------------------------------------------------------
     def __call__(self, image: Tensor) -> Tensor:
         self.store = self._storage_device(image)
+        self.copies = self.copies_type(self.device, self.store)
         padded, size = pad_to_multiple(image, SIZE_MULTIPLE)
         self.image = padded.to(self.store)
         model, plan = self.model, self.model.plan
@@ -195,12 +288,15 @@ class ExactTiler:
                 current = out
                 if step.save is not None:
                     saved[step.save] = current
+            result = crop_to(current, size)
         finally:
             bar.close()
+            self.copies.settle()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             self._pool.clear()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # the last copies into host memory are asynchronous
-        return crop_to(current, size)
+            self.host_maps.release_all()  # unpins; the memory (the result among it) stays valid
+        return result
 
     def _count(self, plan: tuple[Step, ...]) -> int:
         height, width = self.image.shape[-2:]
@@ -212,7 +308,11 @@ class ExactTiler:
         return total
 
     def _map(self, level: int, compute: Callable[[Window], Tensor], like: Tensor) -> Tensor:
-        """Fills a full-size map at ``level`` tile by tile with ``compute(window)`` (already cut to the window)."""
+        """Fills a full-size map at ``level`` tile by tile with ``compute(window)`` (already cut to the window).
+
+        Returns once every copy into the map, and every read of this step's inputs, has landed
+        (:meth:`MapCopies.settle`): the next step may read the map on the host, and the inputs may go back to
+        the pool."""
         height, width = (s // 2 ** (level - 1) for s in self.image.shape[-2:])
         out: Tensor | None = None
         for window in grid(height, width, level_tile(self.tile, level)):
@@ -220,8 +320,10 @@ class ExactTiler:
                 y = compute(window)
             if out is None:
                 out = self._empty((like.shape[0], y.shape[1], height, width), y.dtype)
-            window.cut(out).copy_(y, non_blocking=True)
+            self.copies.write(window.cut(out), y)
             self._bar.update()
+        self.copies.settle()
+        assert out is not None
         return out
 
     def _windows(self, x: Tensor, level: int) -> Iterator[Window]:

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="auto|PATH",
         help="continue a run: 'auto' takes the newest training state in the run folder, or give a .state file",
     )
-    parser.add_argument("--device", choices=["cuda", "cpu"], help="default: CUDA when available")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to the run folder)")
     parser.add_argument("--launcher", help=argparse.SUPPRESS)  # accepted for BasicSR scripts; torchrun needs none
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)

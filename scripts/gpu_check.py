@@ -24,6 +24,7 @@ class Check:
 
     def __init__(self, out: Path, device: str, quick: bool) -> None:
         self.out, self.device, self.quick = out, device, quick
+        self.began = time.perf_counter()
         self.rows: list[tuple[str, str, str]] = []  # (check, result, figures)
         self.env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                     "PYTHONUNBUFFERED": "1", "DRSFORMER_CHECK_DEVICE": device}  # fmt: skip
@@ -58,7 +59,26 @@ class Check:
         return ok, output
 
     def add(self, name: str, ok: bool, figures: str) -> None:
+        """A row of the report, which is written again at once: a run cut off at a time limit keeps its rows."""
         self.rows.append((name, "pass" if ok else "**FAIL**", figures))
+        self.write_report()
+
+    def report(self) -> str:
+        lines = [f"# GPU self-check ({'quick, ' if self.quick else ''}device {self.device})", "",
+                 f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - self.began:.0f} s "
+                 f"in all so far, {len(self.rows)} checks", "",
+                 *environment(self), "", "| check | result | figures |", "|---|---|---|"]  # fmt: skip
+        lines += [f"| {name} | {result} | {figures} |" for name, result, figures in self.rows]
+        return "\n".join(lines) + "\n"
+
+    def write_report(self) -> None:
+        temporary = self.out / "report.md.partial"
+        temporary.write_text(self.report())
+        temporary.replace(self.out / "report.md")
+
+    @property
+    def passed(self) -> bool:
+        return all(result == "pass" for _, result, _ in self.rows)
 
 
 def environment(check: Check) -> list[str]:
@@ -66,10 +86,13 @@ def environment(check: Check) -> list[str]:
 
     lines = [f"- torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPU cores"]
     if check.device.startswith("cuda") and torch.cuda.is_available():
-        lines.append(f"- GPU: {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}, cuDNN "
+        gpu = torch.device(check.device)
+        index = gpu.index if gpu.index is not None else torch.cuda.current_device()
+        lines.append(f"- GPU {index}: {torch.cuda.get_device_name(gpu)}, CUDA {torch.version.cuda}, cuDNN "
                      f"{torch.backends.cudnn.version()}")  # fmt: skip
         if shutil.which("nvidia-smi"):
-            query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+            query = ["nvidia-smi", f"--id={index}", "--query-gpu=name,driver_version,memory.total",
+                     "--format=csv,noheader"]  # fmt: skip
             smi = subprocess.run(query, capture_output=True, text=True)
             lines.append(f"- nvidia-smi: {smi.stdout.strip()}")
     else:
@@ -103,35 +126,61 @@ def bench(check: Check, mode: str, label: str, extra: list[str]) -> None:
 
 
 def tiled_photo(check: Check) -> None:
-    """The full model on a 4K photo (3840 x 2160) through exact tiles of 512, the full-size maps in pinned host
-    memory: the time and the peak GPU memory (what a small GPU needs). Quick: the width-8 model on 480 x 272."""
+    """The full model on a 4K photo (3840 x 2160) through exact tiles of 512 with the full-size maps in host
+    memory (time, peak GPU memory, pinned host memory), then again through tiles of 768 with the maps on the
+    device: the two tilings must agree (both without TF32). Quick: the width-8 model on 480 x 272, tiles of 128
+    and 192."""
     import torch
 
+    from drsformer import tiling
     from drsformer.archs import DRSformer
-    from drsformer.inference import restore
 
     height, width = (272, 480) if check.quick else (2160, 3840)
+    model_name = "width-8 model" if check.quick else "full model"
+    tiles = (128, 192) if check.quick else (512, 768)
+    name = f"exact tiles of {tiles[0]} (maps in host memory) and {tiles[1]} (on the device), {model_name}, " \
+        f"{width}x{height}"
     start = time.perf_counter()
+    cuda = check.device.startswith("cuda")
     try:
         torch.manual_seed(0)
         model = (DRSformer(dim=8, num_blocks=[1, 1, 1, 1]) if check.quick else DRSformer()).eval().to(check.device)
         image = torch.rand(1, 3, height, width)
-        cuda = check.device.startswith("cuda")
+        device = torch.device(check.device)
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            runs = []
+            for tile, storage in zip(tiles, ("host", "device"), strict=True):
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                tiler = tiling.ExactTiler(model, tile, contextlib.nullcontext, storage=storage)
+                began = time.perf_counter()
+                with torch.inference_mode():
+                    out = tiler(image).cpu()
+                if cuda:
+                    torch.cuda.synchronize(device)
+                peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+                runs.append((out, time.perf_counter() - began, peak, tiler.host_maps.peak_bytes))
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        (first, seconds, peak, pinned), (second, seconds_device, peak_device, _) = runs
+        difference = (first - second).abs().max().item()
+        maps = tiling.storage_bytes_per_pixel(model) * height * width / 2**30
+        ok = bool(torch.isfinite(first).all()) and difference < 1e-3
+        gib = lambda value: f"{value:.2f} GiB" if value is not None else "- (CUDA only)"  # noqa: E731
+        figures = (f"tiles of {tiles[0]}, host maps: {seconds:.1f} s, peak {gib(peak)} on the GPU, pinned "
+                   f"{pinned / 2**30:.2f} GiB for {maps:.2f} GiB of maps; tiles of {tiles[1]}, device maps: "
+                   f"{seconds_device:.1f} s, peak {gib(peak_device)}; max difference {difference:.2g}")  # fmt: skip
         if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        out = restore(model, image, tile=512, storage="host")
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        peak = f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB on the GPU" if cuda else "peak: CUDA only"
-        ok = bool(torch.isfinite(out).all())
-        figures = f"{seconds:.1f} s, {peak}"
+            stats = torch.cuda.host_memory_stats()
+            reserved = stats.get("reserved_bytes.peak", stats.get("reserved_bytes.all.peak"))
+            if reserved is not None:
+                figures += f"; PyTorch's pinned allocator peak {reserved / 2**30:.2f} GiB"
     except Exception as err:  # a failed check, recorded; the run goes on
         ok, figures = False, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
     print(f"{'pass' if ok else 'FAIL'}  exact tiles {width}x{height} ({time.perf_counter() - start:.0f} s)", flush=True)
-    model_name = "width-8 model" if check.quick else "full model"
-    check.add(f"exact tiles of 512, {model_name}, {width}x{height}, maps in host memory", ok, figures)
+    check.add(name, ok, figures)
 
 
 def train(check: Check, label: str, sets: list[str]) -> tuple[bool, dict]:
@@ -180,13 +229,14 @@ def main() -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     check = Check(out, args.device, args.quick)
-    began = time.perf_counter()
 
     ok, output = check.run("pytest -m cuda", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                               "-m", "cuda", "tests/test_gpu.py"])  # fmt: skip
     summary = next((line for line in reversed(output.splitlines()) if "passed" in line or "failed" in line), "")
-    check.add("CUDA tests (tests/test_gpu.py: NaN rollback fp16/bf16, exact tiling vs CPU, --tile auto, "
-              "deterministic resume, process group)", ok and "skipped" not in summary, summary.strip("= "))  # fmt: skip
+    check.add("CUDA tests (tests/test_gpu.py: NaN rollback fp16/bf16, exact tiling vs CPU and at every level "
+              "boundary with slowed copies, one storage for a self-ensemble, pinned host maps, bench on its GPU, "
+              "--tile auto, deterministic resume, process group)", ok and "skipped" not in summary,
+              summary.strip("= "))  # fmt: skip
 
     compile_runs = [] if args.quick else [("bf16 + compile", ["--precision", "bf16", "--compile"])]
     for label, extra in [("fp32", ["--compare"]), ("bf16", ["--precision", "bf16", "--compare"]), *compile_runs]:
@@ -216,13 +266,8 @@ def main() -> int:
         f"{det.get('seconds_per_iter', 0) * 1000:.0f} ms/iter, {cost:+.0f}% time" if cost is not None else "",
     )
 
-    lines = [f"# GPU self-check ({'quick, ' if args.quick else ''}device {args.device})", "",
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - began:.0f} s in all", "",
-             *environment(check), "", "| check | result | figures |", "|---|---|---|"]  # fmt: skip
-    lines += [f"| {name} | {result} | {figures} |" for name, result, figures in check.rows]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0 if all(result == "pass" for _, result, _ in check.rows) else 1
+    print(check.report())
+    return 0 if check.passed else 1
 
 
 if __name__ == "__main__":

@@ -178,13 +178,23 @@ def test_read_image_with_alpha_kinds(tmp_path) -> None:
     assert loaded.gray and loaded.alpha is None and np.array_equal(loaded.rgb, np.dstack([gray] * 3))
 
 
-def test_out_of_memory_on_one_photo_names_it_and_the_others_go_on(tmp_path, model_file, capsys, monkeypatch) -> None:
+ALLOCATION_FAILURES = {  # as PyTorch's allocator, cuBLAS and cuDNN report running out of GPU memory
+    "allocator": lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB"),
+    "cublas": lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    "cudnn": lambda: RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+}
+
+
+@pytest.mark.parametrize("failure", sorted(ALLOCATION_FAILURES))
+def test_out_of_memory_on_one_photo_names_it_and_the_others_go_on(
+    tmp_path, model_file, capsys, monkeypatch, failure: str
+) -> None:
     weights, model = model_file
     forward = DRSformer.forward
 
     def limited(self, x):  # a GPU that cannot hold more than 1000 pixels at once
         if x.shape[-2] * x.shape[-1] > 1000:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+            raise ALLOCATION_FAILURES[failure]()
         return forward(self, x)
 
     monkeypatch.setattr(DRSformer, "forward", limited)

@@ -51,11 +51,11 @@ def test_fp16_overflows_are_skips_until_a_run_of_them_rolls_back() -> None:
 # ---------------------------------------------------------------- one optimizer step
 
 
-def _stepper(precision: str, ema_decay: float = 0.0) -> Stepper:
+def _stepper(precision: str, ema_decay: float = 0.0, clip_norm: float | None = None) -> Stepper:
     torch.manual_seed(0)
     model = DRSformer(**TINY, mefc=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    options = StepOptions(precision, None, torch.contiguous_format, {"mixup": False}, seed=0, rank=0)
+    options = StepOptions(precision, clip_norm, torch.contiguous_format, {"mixup": False}, seed=0, rank=0)
     ema = EMA(model, ema_decay) if ema_decay else None
     return Stepper(model, model, optimizer, torch.nn.L1Loss(), options, torch.device("cpu"), ema)
 
@@ -125,6 +125,39 @@ def test_accumulated_micro_batches_average_their_gradients() -> None:
     assert torch.allclose(a.loss, b.loss, atol=1e-7) and torch.allclose(a.grad_norm, b.grad_norm, rtol=1e-5)
     for p, q in zip(one.model.parameters(), two.model.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("clip_norm", [None, 1e-3])
+def test_gradients_are_rescaled_only_when_clipping_is_on(clip_norm: float | None) -> None:
+    """Without train.grad_clip_norm the step computes the gradients' norm and never rescales them; with it, they
+    are scaled to the norm. The norm is the same either way."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    written: set[int] = set()  # addresses that in-place multiplications wrote
+
+    class Writes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func.overloadpacket.__name__)
+            if "mul_" in name and args:
+                targets = args[0] if isinstance(args[0], (list, tuple)) else [args[0]]
+                written.update(t.data_ptr() for t in targets if isinstance(t, torch.Tensor))
+            return func(*args, **(kwargs or {}))
+
+    stepper = _stepper("fp32", clip_norm=clip_norm)
+    plain = _stepper("fp32")
+    expected = plain.accumulate(_batches(), accum=1, micro_start=0)
+    with Writes():
+        acc = stepper.accumulate(_batches(), accum=1, micro_start=0)
+    grads = [p.grad for p in stepper.model.parameters()]
+    touched = {g.data_ptr() for g in grads} & written
+    assert torch.allclose(acc.grad_norm, expected.grad_norm, rtol=1e-6) and acc.grad_norm > 10 * (clip_norm or 0)
+    if clip_norm is None:
+        assert not touched
+        assert all(torch.equal(g, p.grad) for g, p in zip(grads, plain.model.parameters(), strict=True))
+    else:
+        assert touched == {g.data_ptr() for g in grads}
+        total = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        assert total == pytest.approx(clip_norm, rel=1e-3)
 
 
 # ---------------------------------------------------------------- precision of the global sums and the norm

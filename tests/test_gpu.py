@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import load_reference
+from test_tiling import LEVEL_BOUNDARIES
 from test_train import _records, _same, _tiny_options
 
+from drsformer import tiling
 from drsformer.archs import from_checkpoint
 from drsformer.cli import main
 from drsformer.data.io import write_image
@@ -118,3 +120,91 @@ def test_a_single_process_group_on_the_device(device: str, monkeypatch) -> None:
         assert distributed.all_reduce_sum(total).tolist() == [1.0, 1.0, 1.0]
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- exact tiles against the GPU's own ordering
+
+
+class SlowCopies(tiling.MapCopies):
+    """Each copy into a map queued behind a GPU sleep: a read of the map that does not wait for it sees old data."""
+
+    def write(self, window: torch.Tensor, tile: torch.Tensor) -> None:
+        if self.asynchronous:
+            torch.cuda._sleep(20_000_000)  # about 10 ms
+        super().write(window, tile)
+
+
+class SlowTiler(tiling.ExactTiler):
+    copies_type = SlowCopies
+
+
+@pytest.mark.parametrize("storage", ["host", "device"])
+@pytest.mark.parametrize("size, tile", LEVEL_BOUNDARIES)
+def test_tiles_equal_the_whole_image_where_a_level_fits_one_tile(device: str, storage: str, size, tile) -> None:
+    """Each level boundary crossed: one level in one tile, the level above in several."""
+    model = from_checkpoint(load_reference("small_mefc")).eval().to(device)
+    x = torch.rand(1, 3, *size)
+    with full_float32(), torch.no_grad():
+        whole = model(x.to(device)).cpu()
+        tiled = SlowTiler(model, tile, contextlib.nullcontext, storage=storage)(x.to(device)).cpu()
+    assert torch.isfinite(tiled).all() and (tiled - whole).abs().max().item() < 1e-4
+
+
+def test_a_tiled_self_ensemble_keeps_its_maps_in_one_place(device: str, monkeypatch) -> None:
+    """Free memory read as shrinking after the first pass: all 8 passes still use the place chosen first."""
+    model = from_checkpoint(load_reference("small_mefc")).eval().to(device)
+    x = torch.rand(1, 3, 40, 48)
+    need = tiling.storage_bytes_per_pixel(model) * 40 * 48
+    readings: list[int] = []
+
+    def shrinking(_device: torch.device) -> int:
+        readings.append(int(need / tiling.AUTO_FRACTION * (1.2 - 0.4 * len(readings))))
+        return readings[-1]
+
+    monkeypatch.setattr(tiling, "free_memory", shrinking)
+    with full_float32():
+        tiled = restore(model, x, tile=16, self_ensemble=True)
+        whole = restore(model, x, self_ensemble=True)
+    assert len(readings) == 1 and (tiled - whole).abs().max().item() < 1e-4
+
+
+def test_host_maps_pin_what_they_hold(device: str) -> None:
+    """On CUDA host maps are page-locked to their own size (the pinned allocator would round each up to a power
+    of 2), and unpinned after the run; on the CPU nothing is pinned."""
+    model = from_checkpoint(load_reference("small_mefc")).eval().to(device)
+    x = torch.rand(1, 3, 600, 700)
+    tiler = tiling.ExactTiler(model, 128, contextlib.nullcontext, storage="host")
+    with torch.no_grad():
+        tiler(x)
+    maps = tiling.storage_bytes_per_pixel(model) * 600 * 704
+    if device.startswith("cuda"):
+        assert 0.5 * maps < tiler.host_maps.peak_bytes < 1.1 * maps + 64 * 8192
+    else:
+        assert tiler.host_maps.peak_bytes == 0
+    assert not tiler.host_maps.registered
+
+
+def test_bench_times_the_device_it_is_given(device: str) -> None:
+    """On CUDA timed on the stream of the model's GPU (the last one here): the median step is as long as a step
+    timed from the host with a synchronisation, not the ~0 ms of events recorded on another GPU's stream."""
+    import time
+
+    from drsformer.archs import DRSformer
+    from drsformer.bench import BenchSettings, run_paths
+
+    cuda = device.startswith("cuda")
+    target = torch.device("cuda", torch.cuda.device_count() - 1) if cuda else torch.device(device)
+    settings = BenchSettings(height=128, width=128, device=str(target), warmup=2, repeat=5)
+    model = DRSformer(dim=16, num_blocks=[1, 1, 1, 1])
+    (result,), _ = run_paths(model, settings, ["fast"])
+    model = model.to(target).eval()
+    image = torch.rand(1, 3, 128, 128, device=target)
+    sync = torch.cuda.synchronize if cuda else lambda _device: None
+    with torch.inference_mode():
+        sync(target)
+        begin = time.perf_counter()
+        for _ in range(5):
+            model(image)
+        sync(target)
+    wall_ms = (time.perf_counter() - begin) * 200
+    assert result.median_ms > 0.3 * wall_ms, (result.median_ms, wall_ms)

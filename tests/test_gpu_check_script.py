@@ -17,10 +17,25 @@ def test_the_gpu_self_check_runs_every_check_on_the_cpu(tmp_path) -> None:
     rows = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| check")]
     checks = [row.split(" | ")[0].lstrip("| ") for row in rows]
     assert len(rows) == 10 and all(" | pass | " in row for row in rows), report
-    assert checks[0].startswith("CUDA tests") and "7 passed" in rows[0]
+    assert checks[0].startswith("CUDA tests") and "16 passed" in rows[0]
     assert (
         sum(c.startswith("bench infer") for c in checks) == 2 and sum(c.startswith("bench train") for c in checks) == 4
     )
     assert any("train.deterministic" in c for c in checks) and "images/s" in rows[-2]
-    assert any(c.startswith("exact tiles of 512") for c in checks)
+    assert any(c.startswith("exact tiles of 128") and "max difference" in r for c, r in zip(checks, rows, strict=True))
     assert len(list((tmp_path / "report").glob("*.log"))) == 9  # one log per check
+
+
+def test_the_report_is_on_disk_after_each_check(tmp_path) -> None:
+    """A run stopped at a time limit keeps the rows of the checks that finished."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    check = module.Check(tmp_path, "cpu", quick=True)
+    check.add("first", True, "1 s")
+    assert "| first | pass | 1 s |" in (tmp_path / "report.md").read_text()
+    check.add("second", False, "")
+    report = (tmp_path / "report.md").read_text()
+    assert "| second | **FAIL** |" in report and "2 checks" in report and not check.passed

@@ -174,3 +174,78 @@ def test_the_tiler_reuses_maps_and_leaves_nothing_behind() -> None:
     with torch.no_grad():
         first, second = tiler(x), tiler(x)
     assert torch.equal(first, second) and not tiler._pool
+
+
+# ---------------------------------------------------------------- the GPU's ordering, replayed on the CPU
+
+# Image sizes and tiles where one level runs in one tile and the level above does not (level tiles for 24: 24, 16,
+# 8, 8; for 32: 32, 16, 16, 8; for 48: 48, 32, 24, 16): levels 4/3, 3/2 and 2/1.
+LEVEL_BOUNDARIES = [((64, 64), 24), ((64, 64), 32), ((48, 56), 48)]
+
+
+class QueuedCopies(tiling.MapCopies):
+    """CUDA's asynchronous copies into host maps, replayed: a copy lands only when the stream is synchronised;
+    until then the map holds what it held before (here NaN, so that an early read cannot go unnoticed)."""
+
+    def __init__(self, device: torch.device, store: torch.device) -> None:
+        super().__init__(device, store)
+        self.queued: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def write(self, window: torch.Tensor, tile: torch.Tensor) -> None:
+        window.fill_(float("nan"))
+        self.queued.append((window, tile.clone()))
+
+    def settle(self) -> None:
+        for window, tile in self.queued:
+            window.copy_(tile)
+        self.queued.clear()
+
+
+class QueuedTiler(ExactTiler):
+    copies_type = QueuedCopies
+
+
+@pytest.mark.parametrize("size, tile", LEVEL_BOUNDARIES)
+def test_every_map_is_read_after_its_copies_have_landed(size: tuple[int, int], tile: int) -> None:
+    level_fits = [len(grid(size[0] >> k, size[1] >> k, level_tile(tile, k + 1))) == 1 for k in range(4)]
+    assert level_fits.index(True) > 0  # one level fits one tile, the level above does not
+    model = _model("small_mefc")
+    x = torch.rand(1, 3, *size, dtype=torch.float64)
+    with torch.no_grad():
+        whole = model(x)
+        tiled = QueuedTiler(model, tile, NO_AUTOCAST, storage="host")(x)
+    assert (tiled - whole).abs().max().item() < EXACT
+
+
+def test_storage_is_decided_once_for_the_eight_passes_of_a_self_ensemble(monkeypatch) -> None:
+    """The free-memory reading shrinks once a pass's memory is cached: decided per pass, the first pass would keep
+    its maps on the device and the next ones in host memory, and adding them up would mix devices."""
+    model = _model("small_mefc", torch.float32)
+    x = torch.rand(1, 3, 40, 48)
+    need = tiling.storage_bytes_per_pixel(model) * x.shape[-2] * x.shape[-1]
+    readings: list[int] = []
+
+    def shrinking(device: torch.device) -> int:
+        readings.append(int(need / tiling.AUTO_FRACTION * (1.2 - 0.4 * len(readings))))
+        return readings[-1]
+
+    monkeypatch.setattr(tiling, "free_memory", shrinking)
+    assert [tiling.resolve_storage(model, tuple(x.shape), "auto") for _ in range(2)] == ["device", "host"]
+    readings.clear()
+    tiled = restore(model, x, tile=16, self_ensemble=True)
+    assert len(readings) == 1
+    assert (tiled - restore(model, x, self_ensemble=True)).abs().max().item() < 1e-5
+
+
+def test_cudnn_autotuning_is_off_while_tiles_run_and_restored_after() -> None:
+    model = _model("small_no_mefc", torch.float32)
+    seen: list[bool] = []
+    hook = model.patch_embed.register_forward_hook(lambda *_: seen.append(torch.backends.cudnn.benchmark))
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        restore(model, torch.rand(1, 3, 40, 40), tile=16)
+        assert seen and not any(seen) and torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = saved
+        hook.remove()

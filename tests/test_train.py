@@ -1,6 +1,7 @@
 """drsformer train: the authors' options file, exact resume after SIGKILL, DDP with gloo, schedules, accumulation,
 the NaN guard, mixed precision, and the errors raised before the first step."""
 
+import contextlib
 import json
 import math
 import os
@@ -231,6 +232,26 @@ def _torchrun(*args: str, cwd: Path | None = None, env: dict | None = None) -> s
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
 
 
+def _kill_all(process: subprocess.Popen) -> str:
+    """Kills torchrun and its workers (which hold its output open), and returns what they printed."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(pid)
+    family, queue = [], [process.pid]
+    while queue:
+        pid = queue.pop()
+        family.append(pid)
+        queue += parents.get(pid, [])
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return process.communicate()[0]
+
+
 def _same(a: Path, b: Path) -> bool:
     first, second = _weights(a), _weights(b)
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
@@ -253,6 +274,24 @@ def test_an_elastic_restart_after_a_killed_worker_ends_with_bit_identical_weight
     assert "elastic restart 1: the processes re-formed their group" in log
     assert f"resumed from {tmp_path / 'run' / 'training_states' / '4.state'} at iteration 4" in log
     assert _same(tmp_path / "whole/models/net_g_latest.pth", tmp_path / "run/models/net_g_latest.pth")
+
+
+def test_out_of_memory_in_one_processs_validation_stops_every_process(tmp_path) -> None:
+    """Rank 1 runs out of memory on its validation image while rank 0 scores its own: both agree on the failure
+    in the collective that sums the scores, save the iteration together and stop, instead of rank 0 waiting in
+    that collective for the 30-minute timeout."""
+    options = _tiny_options(tmp_path, train={"total_iter": 4}, val={"val_freq": 2},
+                            logger={"print_freq": 1, "save_checkpoint_freq": 4})  # fmt: skip
+    run = _torchrun("--standalone", "--nproc_per_node", "2", str(FAULTS), "-opt", str(options), "--no-progress",
+                    env={"FAULT_VAL_OOM_RANK": "1"})  # fmt: skip
+    try:
+        output = run.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        pytest.fail("the processes hung after one of them failed in validation: " + _kill_all(run)[-2000:])
+    assert run.returncode != 0
+    assert "validation of val at iteration 2: out of memory (injected)" in output
+    assert "validation of val at iteration 2 failed in 1 other process(es)" in output
+    assert sorted(p.name for p in (tmp_path / "run/training_states").glob("*.state")) == ["2.state"]
 
 
 def test_two_nodes_with_their_own_disks_resume_from_the_main_nodes_state(tmp_path) -> None:

@@ -50,13 +50,20 @@ def _env_int(name: str, default: int) -> int:
 def init(device: str | None = None) -> Distributed:
     """Joins the process group torchrun describes (if any) and picks this process's device.
 
-    ``device`` is ``cuda``, ``cpu`` or None (CUDA when available). With CUDA, process ``LOCAL_RANK`` uses GPU
-    ``LOCAL_RANK``; when the process sees a single GPU (one GPU per task, as Slurm gives), it uses that one.
+    ``device`` is ``cpu``, ``cuda``, ``cuda:N`` or None (CUDA when available). With ``cuda``, process
+    ``LOCAL_RANK`` uses GPU ``LOCAL_RANK``; when the process sees a single GPU (one GPU per task, as Slurm gives),
+    it uses that one. ``cuda:N`` names the GPU of a single process; several processes choose theirs by rank.
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    use_cuda = resolve_device(device).type == "cuda"
-    chosen = cuda_device(local_rank) if use_cuda else torch.device("cpu")
+    asked = resolve_device(device)
+    use_cuda = asked.type == "cuda"
+    if use_cuda and asked.index is not None and world_size > 1:
+        raise ConfigError(
+            f"--device {asked}: with {world_size} processes each one uses GPU LOCAL_RANK; give --device cuda, and "
+            "choose the GPUs with CUDA_VISIBLE_DEVICES"
+        )
+    chosen = (asked if asked.index is not None else cuda_device(local_rank)) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(chosen)
     if world_size > 1 and not dist.is_initialized():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -124,8 +123,7 @@ class Stepper:
             images += lq.shape[0]
         loss = loss_sum / accum
         self.scaler.unscale_(self.optimizer)
-        max_norm = self.options.clip_norm if self.options.clip_norm is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).float()
+        grad_norm = self._clip().float()
         scale = getattr(self.scaler, "_scale", None)  # the scale as a device tensor: no host read
         scale_low = scale.reshape(()) < LOSS_SCALE_FLOOR if self.scaler.is_enabled() and scale is not None else None
         return Accumulated(
@@ -138,6 +136,16 @@ class Stepper:
             data_wait=wait,
             batches=seen,
         )
+
+    def _clip(self) -> Tensor:
+        """The gradients' total L2 norm, before clipping; clips to ``clip_norm`` when one is set (without one,
+        only the norm is computed: clipping to infinity would still rescale every gradient)."""
+        if self.options.clip_norm is not None:
+            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.clip_norm)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        return torch.linalg.vector_norm(torch.stack([n.to(self.device) for n in torch._foreach_norm(grads)]))
 
     def finish(self, step: bool) -> None:
         """Applies the accumulated step, or drops it (``step`` False: a non-finite loss or gradient). With fp16

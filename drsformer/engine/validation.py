@@ -13,7 +13,7 @@ from torch import nn
 
 from .. import benchmarks
 from ..data.io import write_image
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from ..inference import InferenceSettings, restore_or_explain, tensor_to_image
 from ..registry import METRIC_REGISTRY
 from . import distributed
@@ -88,15 +88,43 @@ class Validator:
 
     def _run_set(self, model: nn.Module, vset: ValSet, iteration: int) -> dict[str, float]:
         device = self.dist.device
-        sums = torch.zeros(len(self.metrics) + 1, dtype=torch.float64, device=device)
-        grids = []
+        # The metrics' sums, then the number of images, then the number of processes that failed: one collective.
+        sums = torch.zeros(len(self.metrics) + 2, dtype=torch.float64, device=device)
+        grids: list[torch.Tensor] = []
+        failure: Exception | None = None
+        try:
+            self._score(model, vset, iteration, sums, grids)
+        except Exception as err:  # held until every process knows (a process alone in another collective hangs)
+            failure = err
+            sums[-1] = 1
+        distributed.all_reduce_sum(sums)
+        if failure is not None:
+            raise failure
+        if sums[-1] > 0:
+            raise TrainingError(
+                f"validation of {vset.name} at iteration {iteration} failed in {int(sums[-1])} other process(es); "
+                "their own message says why"
+            )
+        count = max(1, int(sums[-2].item()))
+        means = {label: float(sums[j] / count) for j, label in enumerate(self.metrics)}
+        self.logger.record("val", iteration, {"dataset": vset.name, "protocol": vset.protocol, **means})
+        shown = ", ".join(f"{label} {value:.4f}" for label, value in means.items())
+        self.logger.info(f"validation {vset.name} ({count} images, {vset.protocol}) at {iteration}: {shown}")
+        self._log_grids(vset.name, grids, iteration)
+        return means
+
+    def _score(
+        self, model: nn.Module, vset: ValSet, iteration: int, sums: torch.Tensor, grids: list[torch.Tensor]
+    ) -> None:
+        """This process's share of ``vset``: adds each metric and the image count into ``sums``."""
+        device = self.dist.device
         for i in vset.indices:
             item = vset.dataset[i]
             lq, gt = item["lq"][None].to(device), item["gt"][None].to(device)
             restored = self._restore(model, lq, vset, item, iteration)
             for j, fn in enumerate(self.metrics.values()):
                 sums[j] += fn(restored, gt, vset.protocol).sum().double()
-            sums[-1] += 1
+            sums[-2] += 1
             if self.dist.is_main and len(grids) < self.val["grid_images"]:
                 grids.append(torch.cat([lq, restored, gt]).clamp(0, 1).cpu())
             if self.val["save_img"]:
@@ -104,14 +132,6 @@ class Validator:
                 write_image(
                     self.run_dir / "visualization" / vset.name / str(iteration) / name, tensor_to_image(restored)
                 )
-        distributed.all_reduce_sum(sums)
-        count = max(1, int(sums[-1].item()))
-        means = {label: float(sums[j] / count) for j, label in enumerate(self.metrics)}
-        self.logger.record("val", iteration, {"dataset": vset.name, "protocol": vset.protocol, **means})
-        shown = ", ".join(f"{label} {value:.4f}" for label, value in means.items())
-        self.logger.info(f"validation {vset.name} ({count} images, {vset.protocol}) at {iteration}: {shown}")
-        self._log_grids(vset.name, grids, iteration)
-        return means
 
     def _restore(self, model: nn.Module, lq: torch.Tensor, vset: ValSet, item: dict[str, Any], it: int) -> torch.Tensor:
         where = f"validation of {vset.name} at iteration {it}, {Path(item['lq_path']).name}"
