@@ -138,8 +138,10 @@ def tiled_photo(check: Check) -> None:
     height, width = (272, 480) if check.quick else (2160, 3840)
     model_name = "width-8 model" if check.quick else "full model"
     tiles = (128, 192) if check.quick else (512, 768)
-    name = f"exact tiles of {tiles[0]} (maps in host memory) and {tiles[1]} (on the device), {model_name}, " \
+    name = (
+        f"exact tiles of {tiles[0]} (maps in host memory) and {tiles[1]} (on the device), {model_name}, "
         f"{width}x{height}"
+    )
     start = time.perf_counter()
     cuda = check.device.startswith("cuda")
     try:

@@ -157,8 +157,10 @@ def test_derain_with_onnxruntime_matches_pytorch(onnx_export, tmp_path, capsys) 
     write_image(photos / "a.png", rng.integers(0, 256, (45, 70, 3), dtype=np.uint8))
     write_image(photos / "b.jpg", rng.integers(0, 256, (64, 33, 3), dtype=np.uint8))
     onnx_out, torch_out = tmp_path / "onnx", tmp_path / "torch"
-    assert main(["derain", "--model", str(path), "-i", str(photos), "-o", str(onnx_out), "--quiet",
-                 "--self-ensemble"]) == 0  # fmt: skip  (--backend auto: onnxruntime, as --model is given)
+    assert (
+        main(["derain", "--model", str(path), "-i", str(photos), "-o", str(onnx_out), "--quiet", "--self-ensemble"])
+        == 0
+    )  # fmt: skip  (--backend auto: onnxruntime, as --model is given)
     assert main(["derain", "--weights", str(weights), "-i", str(photos), "-o", str(torch_out), "--quiet",
                  "--self-ensemble", "--tile", "0"]) == 0  # fmt: skip
     assert "onnxruntime, whole images, fp32, self-ensemble" in capsys.readouterr().err

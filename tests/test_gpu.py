@@ -208,3 +208,19 @@ def test_bench_times_the_device_it_is_given(device: str) -> None:
         sync(target)
     wall_ms = (time.perf_counter() - begin) * 200
     assert result.median_ms > 0.3 * wall_ms, (result.median_ms, wall_ms)
+
+
+def test_one_process_trains_on_the_gpu_it_names(device: str, monkeypatch) -> None:
+    """``--device cuda:N`` (the last GPU here) is the GPU of a single process; with several processes it is refused,
+    since each process takes GPU LOCAL_RANK."""
+    from drsformer.engine import distributed
+    from drsformer.errors import ConfigError
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    named = f"cuda:{torch.cuda.device_count() - 1}" if device.startswith("cuda") else "cpu"
+    assert distributed.init(named).device == torch.device(named)
+    if device.startswith("cuda"):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        with pytest.raises(ConfigError, match="each one uses GPU LOCAL_RANK"):
+            distributed.init(named)

@@ -17,7 +17,7 @@ def test_the_gpu_self_check_runs_every_check_on_the_cpu(tmp_path) -> None:
     rows = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| check")]
     checks = [row.split(" | ")[0].lstrip("| ") for row in rows]
     assert len(rows) == 10 and all(" | pass | " in row for row in rows), report
-    assert checks[0].startswith("CUDA tests") and "16 passed" in rows[0]
+    assert checks[0].startswith("CUDA tests") and "17 passed" in rows[0]
     assert (
         sum(c.startswith("bench infer") for c in checks) == 2 and sum(c.startswith("bench train") for c in checks) == 4
     )
