@@ -411,7 +411,7 @@ def _check_combinations(options: dict[str, Any]) -> None:
 
 def dump_options(options: dict[str, Any], path: str | os.PathLike) -> None:
     """Writes resolved options as YAML (readable by :func:`load_options`)."""
-    from .data.io import write_bytes_atomic
+    from .files import write_bytes_atomic
 
     text = yaml.safe_dump(options, sort_keys=False, default_flow_style=None, width=120)
     write_bytes_atomic(path, text.encode("utf-8"))

@@ -16,13 +16,13 @@ check passes.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 from .cli import parse_size
 from .errors import ConfigError, ExportError
+from .files import atomic_path
 
 FORMATS = ("onnx", "pt2", "safetensors", "pth")
 SUFFIXES = {".onnx": "onnx", ".pt2": "pt2", ".safetensors": "safetensors", ".pth": "pth", ".pt": "pth"}
@@ -64,11 +64,6 @@ def output_format(args: argparse.Namespace) -> str:
     return fmt
 
 
-def temporary_path(path: Path) -> Path:
-    """A hidden name beside ``path`` with the same suffix (the runtimes choose by suffix)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-
-
 def run(args: argparse.Namespace) -> int:
     from .archs.checkpoint import load_model
 
@@ -100,13 +95,13 @@ def convert_weights(model, args: argparse.Namespace, fmt: str, out: Path) -> int
     """Writes the model's weights (published key layout) as .pth or .safetensors and reads them back."""
     from .archs.checkpoint import from_checkpoint
     from .archs.weight_files import save_safetensors
-    from .engine.checkpoint import save_atomic
+    from .files import save_torch_atomic
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if fmt == "safetensors":
         save_safetensors(out, state)
     else:
-        save_atomic({"params": state}, out)
+        save_torch_atomic({"params": state}, out)
     back = from_checkpoint(out).state_dict()
     if any(not back[k].equal(v) for k, v in state.items()):
         out.unlink(missing_ok=True)
@@ -141,9 +136,8 @@ def export_graph(model, args: argparse.Namespace, fmt: str, out: Path) -> int:
     example = graph.example_input(*trace_size, channels=model.config["inp_channels"], dynamic=dynamic)
     shape = "dynamic batch x height x width" if dynamic else f"fixed 1x{trace_size[0]}x{trace_size[1]}"
     print(f"exporting {args.weights} to {fmt} ({args.precision}, {shape}, traced at {trace_size[0]}x{trace_size[1]})")
-    tmp = temporary_path(out.with_name(out.stem + "." + fmt))
     start = time.perf_counter()
-    try:
+    with atomic_path(out, suffix="." + fmt) as tmp:  # kept under its name only once it passed the check
         if fmt == "onnx":
             graph.export_onnx(module, example, dynamic, tmp, opset=args.opset or graph.DEFAULT_OPSET)
         else:
@@ -155,9 +149,6 @@ def export_graph(model, args: argparse.Namespace, fmt: str, out: Path) -> int:
         del exported
         if not passed:
             raise ExportError(f"{out}: the exported file {verify.failure(checks)}; nothing was kept")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     size_mb = out.stat().st_size / 2**20
     print(f"wrote {out} ({size_mb:.1f} MB): matches PyTorch within {verify.BOUNDS[args.precision]:.0e} at every size")
     return 0

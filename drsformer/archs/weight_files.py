@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
+from ..files import write_atomic
 from ..optional import require
 from .checkpoint import VALIDATED_KEY, WRAPPER_KEYS, _first_line
 
@@ -91,8 +92,6 @@ def save_safetensors(
     path = Path(path)
     require("safetensors", "writing .safetensors weights")
     from safetensors.torch import save as encode
-
-    from ..engine.checkpoint import write_atomic  # imported here: the engine builds on this package
 
     _check_params_key(params_key, str(path))
     tensors = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ import cv2
 import numpy as np
 
 from ..errors import ImageReadError, ImageWriteError, MissingPathError, PairingError
+from ..files import write_bytes_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -30,7 +30,6 @@ __all__ = [
     "read_image_with_alpha",
     "to_float32",
     "to_uint8",
-    "write_bytes_atomic",
     "write_image",
 ]
 
@@ -239,25 +238,6 @@ def to_float32(image: np.ndarray) -> np.ndarray:
     """float32 image in [0, 1] from 8- or 16-bit storage."""
     scale = 255.0 if image.dtype == np.uint8 else 65535.0
     return image.astype(np.float32) / np.float32(scale)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    The temporary file is created with mode 0666, so the kernel applies the process umask as for any new file
-    (without ever changing the umask, which is process-wide and unsafe to touch from threads).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def encode_image(rgb: np.ndarray, extension: str, params: list[int] | None = None) -> bytes:

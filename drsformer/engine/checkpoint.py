@@ -4,8 +4,8 @@
 (``params_ema`` only with EMA), loadable by :func:`drsformer.archs.from_checkpoint`. With
 ``logger.weights_format: safetensors`` they are ``net_g_<iter>.safetensors`` and so on, holding only the weights the
 run validates (see :mod:`drsformer.archs.weight_files`).
-``training_states/<iter>.state`` holds everything a resume needs. Every file is written to a temporary name
-in its folder, synced, and renamed, so a killed run leaves either the old file or the new one.
+``training_states/<iter>.state`` holds everything a resume needs. Every file is written atomically
+(:mod:`drsformer.files`), so a killed run leaves either the old file or the new one.
 """
 
 from __future__ import annotations
@@ -16,66 +16,18 @@ import random
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..archs.checkpoint import read_checkpoint, read_checkpoint_bytes
 from ..errors import CheckpointError
+from ..files import link_or_copy_atomic, save_torch_atomic
 
 STATE_SUFFIX = ".state"
 _NUMBERED_WEIGHTS = re.compile(r"net_g_(\d+)\.(?:pth|safetensors)$")  # either format, for retention
 _NUMBERED_STATE = re.compile(r"(\d+)\.state$")
-
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through a temporary file, fsync and rename."""
-    write_atomic(path, lambda f: torch.save(obj, f))
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
-    """Calls ``write`` on a temporary file in ``path``'s folder, then fsync and rename: ``path`` is either the old
-    file or the complete new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _sync_folder(path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Points ``target`` at ``source``'s content atomically (a hard link when possible, else a copy)."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        import shutil
-
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
 
 
 def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -111,14 +63,14 @@ def save_weights(
         if params_ema is not None:
             payload["params_ema"] = cpu_state(params_ema)
             payload["validated"] = "params_ema"
-        save_atomic(payload, path)
-    _link_or_copy(path, weights_path(models_dir, "latest", weights_format))
+        save_torch_atomic(payload, path)
+    link_or_copy_atomic(path, weights_path(models_dir, "latest", weights_format))
     return path
 
 
 def save_best(models_dir: Path, source: Path) -> None:
     """Points ``net_g_best`` (with ``source``'s suffix) at ``source``."""
-    _link_or_copy(source, models_dir / f"net_g_best{source.suffix}")
+    link_or_copy_atomic(source, models_dir / f"net_g_best{source.suffix}")
 
 
 def prune(folder: Path, pattern: re.Pattern[str], keep: int) -> list[Path]:
@@ -165,7 +117,7 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 def save_state(states_dir: Path, iteration: int, state: dict[str, Any]) -> Path:
     path = states_dir / f"{iteration}{STATE_SUFFIX}"
-    save_atomic(state, path)
+    save_torch_atomic(state, path)
     return path
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..data.io import write_bytes_atomic
 from ..errors import ImageReadError, ImageWriteError
+from ..files import write_bytes_atomic
 from .model import Picture, Row, columns_for, metrics_present, sort_column, worst_first
 from .other_run import OtherRun, load_other_run
 from .page import PageInfo, render

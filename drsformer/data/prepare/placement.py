@@ -7,9 +7,7 @@ replaced, never written through.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import shutil
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ...errors import PrepareError
+from ...files import atomic_path
 from ..io import ImageReadError, read_image, write_image
 from .planners import CutPair, LinkPair, SplitPlan
 from .report import SplitReport
@@ -60,17 +59,8 @@ class Placer:
     def place(self, source: Path, target: Path) -> None:
         """Makes ``target`` an entry for ``source`` atomically; raises FileNotFoundError when source is absent."""
         _refuse_folder(target)
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-        try:
+        with atomic_path(target, sync=self.copy) as tmp:  # a copy's data is new; a link has none
             how = self._make(source, tmp)
-            os.replace(tmp, target)
-            if how == "hard links":  # renaming a hard link onto another link of the same file keeps both names
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):  # a partial copy or a link made before the failure
-                tmp.unlink()
-            raise
         self.counts[how] += 1
 
 
