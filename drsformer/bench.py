@@ -27,7 +27,7 @@ from .cli import add_model_arguments, model_from_args, parse_size
 from .devices import resolve_device
 from .errors import ConfigError
 from .memory import peak_mb, prefer_huge_pages, reset_peak
-from .precision import PRECISIONS, autocast
+from .precision import PRECISIONS, autocast, needs_grad_scaler
 
 
 @dataclass
@@ -78,7 +78,7 @@ class _Runner:
         if settings.mode == "train":
             model.train()
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            self.scaler = torch.amp.GradScaler(self.device.type, enabled=settings.precision == "fp16")
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=needs_grad_scaler(settings.precision))
             self.target = torch.rand_like(image)
         else:
             model.eval()

@@ -1,15 +1,23 @@
-"""The one catalogue of deraining benchmarks: names, aliases, scoring protocol, the paper's model and numbers.
+"""The one catalogue of deraining benchmarks (names, aliases, scoring protocol, the paper's model and numbers), and
+the one rule that says which protocol scores a set.
 
 ``drsformer prepare``, ``evaluate``, ``test`` and the training options all read this module; nothing else
 knows a benchmark by name.
+
+**Which protocol scores a set** (:func:`resolve_protocol`), in validation, ``test`` and ``evaluate`` alike: the
+protocol given explicitly (``val.protocol``, a test file's or ``--data`` set's ``protocol``, ``--protocol``);
+else the paper's protocol for the benchmark the set's name (or, in training, its folder) names; else the set
+cannot be scored, and the error says which option to give. A number is never scored with a protocol nobody chose.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .registry import suggest
 
 # The scoring protocols (see drsformer.metrics): the two MATLAB scripts the paper used (each benchmark names one of
 # them), and ``skimage``, the number many Python-only papers report. Every list of protocols in the package is this.
@@ -159,3 +167,31 @@ def get(name: str, what: str = "dataset") -> Benchmark:
 def choices() -> str:
     """``Rain200L, Rain200H, DID (DID-Data), ...`` for messages and help texts."""
     return ", ".join(b.name if b.title == b.name else f"{b.name} ({b.title})" for b in BENCHMARKS.values())
+
+
+def check_protocol(name: str, key: str = "--protocol") -> str:
+    """``name`` when it is a scoring protocol; else a :class:`ConfigError` naming ``key``."""
+    if name not in PROTOCOLS:
+        raise ConfigError(
+            f"{key}: unknown protocol {name!r}{suggest(name, PROTOCOLS)}; choose from {', '.join(PROTOCOLS)}"
+        )
+    return name
+
+
+def resolve_protocol(chosen: str | None, names: Sequence[str], key: str, where: str) -> str:
+    """The protocol that scores a set (the rule in this module's description): ``chosen`` (checked), else the
+    paper's for the first of ``names`` that names a benchmark; else a :class:`ConfigError`. Errors start with
+    ``where`` (where the set or its protocol was named) and say to give ``key`` (the option)."""
+    if chosen is not None:
+        return check_protocol(chosen, where)
+    for name in names:
+        bench = find(name)
+        if bench is not None:
+            return bench.protocol
+    prefix = f"{where}: " if where else ""
+    if not names:
+        raise ConfigError(f"{prefix}no protocol: give {key} {'|'.join(PROTOCOLS)}, or name the benchmark ({choices()})")
+    raise ConfigError(
+        f"{prefix}unknown dataset name {names[0]!r}, so its protocol is unknown; use a benchmark name "
+        f"({choices()}) or give {key} {'|'.join(PROTOCOLS)}"
+    )

@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from .benchmarks import PROTOCOLS
+from .benchmarks import check_protocol
 from .errors import ConfigError, MissingPathError
-from .precision import PRECISIONS as PRECISION_TABLE
+from .precision import PRECISIONS
 from .registry import (
     ARCH_REGISTRY,
     DATASET_REGISTRY,
@@ -39,7 +39,6 @@ from .registry import (
 )
 from .schema import REQUIRED, Field, Ignored, Mapping, Section, Typed, Validator, join, type_name
 
-PRECISIONS = tuple(PRECISION_TABLE)
 WEIGHTS_FORMATS = ("pth", "safetensors")  # logger.weights_format: how a run saves net_g_* (the suffix)
 
 
@@ -390,8 +389,8 @@ def _check_combinations(options: dict[str, Any]) -> None:
         from .inference import InferenceSettings  # the one check of inference settings
 
         InferenceSettings(train["precision"], val["tile"], val["self_ensemble"]).check("val.tile")
-    if val["protocol"] is not None and val["protocol"] not in PROTOCOLS:
-        raise ConfigError(f"val.protocol: expected one of {', '.join(PROTOCOLS)}, got {val['protocol']!r}")
+    if val["protocol"] is not None:
+        check_protocol(val["protocol"], "val.protocol")
     if not 0 <= train["ema_decay"] < 1:
         raise ConfigError(f"train.ema_decay: must be in [0, 1) (0 turns EMA off), got {train['ema_decay']}")
     if train["effective_batch_size"] is not None and train["grad_accum_steps"] != 1:

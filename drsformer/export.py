@@ -23,6 +23,7 @@ from pathlib import Path
 from .cli import parse_size
 from .errors import ConfigError, ExportError
 from .files import atomic_path
+from .precision import PRECISIONS
 
 FORMATS = ("onnx", "pt2", "safetensors", "pth")
 SUFFIXES = {".onnx": "onnx", ".pt2": "pt2", ".safetensors": "safetensors", ".pth": "pth", ".pt": "pth"}
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default=None, help="default: from the output's suffix")
     parser.add_argument(
         "--precision",
-        choices=["fp32", "fp16", "bf16"],
+        choices=PRECISIONS,
         default="fp32",
         help="dtype of the weights and computation inside the graph (input and output stay float32)",
     )

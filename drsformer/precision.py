@@ -1,27 +1,60 @@
-"""The one table of precisions and the one autocast helper: names, dtypes, and what each name runs.
+"""The one table of precisions: each name, and what it implies for training, inference and export.
 
-``fp32`` runs as is; ``bf16`` and ``fp16`` run under ``torch.autocast`` to that dtype (fp16 training also uses a
-gradient scaler, see :mod:`drsformer.engine.step`). Everything that accepts ``--precision`` or
-``train.precision`` checks it here.
+``fp32`` runs as is; ``bf16`` and ``fp16`` run under ``torch.autocast`` to that dtype. fp16 training also needs
+a gradient scaler (its gradients underflow otherwise); bf16 has float32's range and needs none. An exported
+graph stores its weights and computes in the precision's dtype. Everything that accepts ``--precision``,
+``train.precision`` or a test file's ``precision`` checks it here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from .errors import ConfigError
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    dtype: torch.dtype  # what autocast computes in (and an exported graph stores its weights in)
+    needs_grad_scaler: bool  # training scales the loss (fp16's narrow range)
+
+    @property
+    def autocast(self) -> bool:
+        return self.dtype != torch.float32
+
+
+PRECISION_TABLE: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision("fp32", torch.float32, needs_grad_scaler=False),
+        Precision("bf16", torch.bfloat16, needs_grad_scaler=False),
+        Precision("fp16", torch.float16, needs_grad_scaler=True),
+    )
+}
+PRECISIONS: tuple[str, ...] = tuple(PRECISION_TABLE)
 
 
 def check_precision(name: str, key: str = "--precision") -> str:
     """``name`` when it is a known precision; else a :class:`ConfigError` naming ``key``."""
-    if name not in PRECISIONS:
+    if name not in PRECISION_TABLE:
         raise ConfigError(f"{key}: unknown precision {name!r}; choose from {', '.join(PRECISIONS)}")
     return name
 
 
-def autocast(device: torch.device | str, precision: str) -> torch.autocast:
-    """``torch.autocast`` for ``precision`` on ``device``'s type (disabled for fp32)."""
-    dtype = PRECISIONS[check_precision(precision)]
-    return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
+def precision(name: str, key: str = "--precision") -> Precision:
+    """The record of ``name`` (checked as :func:`check_precision` does)."""
+    return PRECISION_TABLE[check_precision(name, key)]
+
+
+def needs_grad_scaler(name: str) -> bool:
+    """Whether training in ``name`` scales its loss (fp16)."""
+    return precision(name).needs_grad_scaler
+
+
+def autocast(device: torch.device | str, name: str) -> torch.autocast:
+    """``torch.autocast`` for precision ``name`` on ``device``'s type (disabled for fp32)."""
+    record = precision(name)
+    return torch.autocast(torch.device(device).type, dtype=record.dtype, enabled=record.autocast)

@@ -33,16 +33,14 @@ from torch import nn
 from tqdm import tqdm
 
 from . import benchmarks, config, report
-from .benchmarks import Benchmark
+from .benchmarks import PROTOCOLS, Benchmark, resolve_protocol
 from .data.io import list_images, match_files, name_list, read_image, to_uint8, write_image
 from .devices import resolve_device
 from .errors import ConfigError, EvaluationError, ImageReadError, ImageWriteError, MissingPathError
 from .inference import InferenceSettings, image_to_tensor, restore_or_explain, tensor_to_image
 from .memory import prefer_huge_pages
-from .metrics import noref
-from .metrics.matlab import PROTOCOLS, evaluate_pair
+from .metrics import evaluate_pair, noref
 from .precision import PRECISIONS
-from .registry import suggest
 from .schema import Field, Ignored, Mapping, Section, check_section
 
 
@@ -174,21 +172,6 @@ def parse_data(text: str) -> tuple[str, str]:
     return name.strip(), folder.strip()
 
 
-def _resolve_protocol(name: str, chosen: str | None, bench: Benchmark | None, where: str) -> str:
-    if chosen is not None:
-        if chosen not in PROTOCOLS:
-            raise ConfigError(
-                f"{where}: unknown protocol {chosen!r}{suggest(chosen, PROTOCOLS)}; choose from {', '.join(PROTOCOLS)}"
-            )
-        return chosen
-    if bench is None:
-        raise ConfigError(
-            f"{where}: unknown dataset name {name!r}, so its protocol is unknown; use a benchmark name "
-            f"({benchmarks.choices()}) or give --protocol {'|'.join(PROTOCOLS)}"
-        )
-    return bench.protocol
-
-
 def plan_from_args(args: argparse.Namespace) -> tuple[list[DatasetJob], dict[str, Any]]:
     """The datasets to run and the merged settings: file values, overridden by any flag given."""
     source = load_options(args.opt) if args.opt else check_section(SCHEMA, {})
@@ -216,7 +199,7 @@ def plan_from_args(args: argparse.Namespace) -> tuple[list[DatasetJob], dict[str
         # --protocol on the command line wins; then the dataset's own entry, the file's, the benchmark's.
         chosen = args.protocol or entry.get("protocol") or source.get("protocol")
         # An unknown name without a protocol is an error only for a set with ground truth (see check_folders).
-        protocol = _resolve_protocol(name, chosen, bench, entry["origin"]) if chosen or bench else None
+        protocol = resolve_protocol(chosen, [name], "--protocol", entry["origin"]) if chosen or bench else None
         weights = args.weights or entry.get("weights") or settings.get("weights")
         if not weights:
             raise ConfigError(
@@ -242,7 +225,7 @@ def check_folders(job: DatasetJob) -> None:
         job.pairs, job.targetless = [(path, None) for path in _targetless_inputs(job.root)], True
         return
     if job.protocol is None:
-        job.protocol = _resolve_protocol(job.name, None, None, job.origin)  # raises: the name gives no protocol
+        job.protocol = resolve_protocol(None, [job.name], "--protocol", job.origin)  # raises: no protocol known
     folders = {}
     for role in ("input", "target"):
         folder = job.root / role

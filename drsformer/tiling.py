@@ -28,9 +28,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .archs.attention import AttentionSums, attention_sums
-from .archs.drsformer import SIZE_MULTIPLE, DRSformer, Step
+from .archs.drsformer import DRSformer
 from .archs.mefc import conv_radius
 from .archs.padding import crop_to, pad_to_multiple
+from .archs.unet import SIZE_MULTIPLE, Step
 
 STORAGES = ("auto", "device", "host")
 AUTO_FRACTION = 0.3  # storage "auto": the device's memory, unless the maps would take more than this of its free memory

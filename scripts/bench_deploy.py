@@ -182,7 +182,7 @@ def psnr_table(args: argparse.Namespace, tmp: Path) -> list[dict]:
     """Y-PSNR of each path on real pairs (the protocol of the paper's tables), and the change from eager fp32."""
     from drsformer.data.io import list_images, match_files, read_image
     from drsformer.inference import image_to_tensor, tensor_to_image
-    from drsformer.metrics.matlab import evaluate_pair
+    from drsformer.metrics import evaluate_pair
 
     inputs = list_images(Path(args.pairs) / "input")
     pairs = match_files(inputs, list_images(Path(args.pairs) / "target")).pairs

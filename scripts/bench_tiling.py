@@ -39,7 +39,7 @@ from drsformer.cli import add_model_arguments, model_from_args, parse_size
 from drsformer.data.io import list_images, match_files, read_image, to_uint8
 from drsformer.inference import PRECISIONS, image_to_tensor, restore, tensor_to_image
 from drsformer.memory import peak_mb, prefer_huge_pages, reset_peak, resident_mb
-from drsformer.metrics.matlab import evaluate_pair
+from drsformer.metrics import evaluate_pair
 
 PHOTO = Path(__file__).resolve().parents[1] / "tests" / "data" / "metric_images" / "rain200h_1_rainy.png"
 ONE_PIECE = 1 << 20  # a tile side no image reaches: every level in one piece

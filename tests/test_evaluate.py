@@ -9,8 +9,8 @@ from conftest import DATA
 
 from drsformer.cli import main
 from drsformer.data.io import write_image
+from drsformer.metrics import evaluate_pair
 from drsformer.metrics.evaluate import EvaluationError, evaluate_folders, pair_files
-from drsformer.metrics.matlab import evaluate_pair
 
 IMAGES = DATA / "metric_images"
 
@@ -124,7 +124,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys) -> None:
     assert main(["evaluate", "--restored", str(tmp_path / "a"), "--gt", str(tmp_path / "b"), "--dataset", "x"]) == 2
     assert "unknown --dataset 'x'; known benchmarks: Rain200L" in capsys.readouterr().err
     assert main(["evaluate", "--restored", str(tmp_path), "--gt", str(tmp_path)]) == 2
-    assert "choose --protocol" in capsys.readouterr().err
+    assert "no protocol: give --protocol restormer|rcdnet|skimage" in capsys.readouterr().err
 
 
 def test_module_entry_point_with_worker_processes(tmp_path) -> None:

@@ -9,9 +9,9 @@ import torch
 from conftest import DATA
 
 from drsformer.data.io import read_image
+from drsformer.metrics import evaluate_pair
 from drsformer.metrics.matlab import (
     downsample_factor,
-    evaluate_pair,
     filter_valid,
     matlab_round,
     mean_filter_symmetric,

@@ -18,7 +18,7 @@ from conftest import TINY
 from drsformer.archs import DRSformer
 from drsformer.cli import main
 from drsformer.data.io import read_image, write_image
-from drsformer.metrics.matlab import evaluate_pair
+from drsformer.metrics import evaluate_pair
 from drsformer.report import SCORES_FILE, write_report
 from drsformer.report.histogram import Series, bin_edges, histogram_svg
 from drsformer.report.thumbnails import Thumbnails

@@ -15,8 +15,14 @@ from test_bad_files import bit_flips, truncations
 from test_train import _tiny_options
 
 from drsformer.archs import DRSformer, from_checkpoint
-from drsformer.archs.checkpoint import load_model, read_checkpoint
-from drsformer.archs.weight_files import DIGEST_ENTRY, PARAMS_KEY_ENTRY, read_safetensors, save_safetensors
+from drsformer.archs.checkpoint import load_model
+from drsformer.archs.weight_files import (
+    DIGEST_ENTRY,
+    PARAMS_KEY_ENTRY,
+    read_checkpoint,
+    read_safetensors,
+    save_safetensors,
+)
 from drsformer.cli import main
 from drsformer.config import load_options, resolve_options
 from drsformer.data.io import write_image

@@ -20,7 +20,8 @@ from drsformer.archs import DRSformer
 from drsformer.cli import main
 from drsformer.data.io import read_image, write_image
 from drsformer.errors import ConfigError
-from drsformer.metrics.matlab import evaluate_pair, rgb_to_y
+from drsformer.metrics import evaluate_pair
+from drsformer.metrics.matlab import rgb_to_y
 from drsformer.metrics.skimage_protocol import luma
 from drsformer.test import load_options
 

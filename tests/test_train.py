@@ -57,7 +57,7 @@ def _tiny_options(tmp_path: Path, **sections) -> Path:
         "network_g": {"type": "DRSformer", "dim": 8, "num_blocks": [1, 1, 1, 1], "heads": [1, 2, 4, 8], "mefc": False},
         "path": {"experiments_root": str(tmp_path / "run")},
         "train": {"total_iter": 6},
-        "val": {"val_freq": 3},
+        "val": {"val_freq": 3, "protocol": "restormer"},
         "logger": {"print_freq": 1, "save_checkpoint_freq": 3, "use_tb_logger": False},
     }
     for section, values in sections.items():
@@ -712,7 +712,7 @@ def test_out_of_memory_is_one_line_saying_where_and_what_to_change(tmp_path, cap
         (["datasets.train.gt_size=64"], "datasets.train.gt_size: crops of 64x64 are larger than"),
         (["train.effective_batch_size=5"], "train.effective_batch_size: 5 does not divide into batches of 2"),
         (["path.pretrain_network_g=/nowhere.pth"], "/nowhere.pth: no such file"),
-        (["val.protocol=matlab"], "val.protocol: expected one of restormer, rcdnet, skimage, got 'matlab'"),
+        (["val.protocol=matlab"], "val.protocol: unknown protocol 'matlab'; choose from restormer, rcdnet, skimage"),
         (["val.tile=4"], "val.tile must be at least 8 pixels"),
         (["logger.print_freq=0"], "logger.print_freq: must be at least 1, got 0"),
         (["logger.save_checkpoint_freq=0"], "logger.save_checkpoint_freq: must be at least 1, got 0"),

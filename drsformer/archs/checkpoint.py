@@ -6,123 +6,22 @@ of :class:`~drsformer.archs.DRSformer` can be read back from the key names and t
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import pickle
 import re
-import warnings
-import zipfile
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import CheckpointError, ConfigError
 from .drsformer import DRSformer
+from .unet import DECODER_LEVELS, ENCODERS
+from .weight_files import VALIDATED_KEY, WRAPPER_KEYS, read_checkpoint
 
-STAGES = ("encoder_level1", "encoder_level2", "encoder_level3", "latent")
-DECODERS = {"decoder_level1": 0, "decoder_level2": 1, "decoder_level3": 2}
-WRAPPER_KEYS = ("params", "params_ema", "state_dict", "model", "net_g")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
-
-
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``, or for a safetensors file (by its ``.safetensors`` suffix or its
-    first bytes) :func:`~drsformer.archs.weight_files.read_safetensors`, which gives ``{'params': ...}`` alike; any
-    file that cannot be parsed is a one-line :class:`CheckpointError`.
-
-    Files in PyTorch's zip format are checked against their CRC-32 checksums first, and safetensors files we wrote
-    against their SHA-256, so a flipped bit in the tensor data is reported instead of loaded as different weights.
-    """
-    from . import weight_files  # imported here: it builds on this module
-
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such file")
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path}: empty file")
-    if weight_files.is_safetensors(path):
-        return weight_files.read_safetensors(path, map_location)
-    return _checked_load(path, path, map_location)
-
-
-def read_checkpoint_bytes(data: bytes, name: str, map_location: str | torch.device = "cpu") -> Any:
-    """:func:`read_checkpoint` of a file's content (received from another process); errors name ``name``."""
-    if not data:
-        raise CheckpointError(f"{name}: empty file")
-    return _checked_load(lambda: io.BytesIO(data), name, map_location)
-
-
-def _checked_load(source: Any, name: str, map_location: str | torch.device) -> Any:
-    """``source``: a path, or a factory of fresh file objects over the same bytes."""
-    opened = source if isinstance(source, str) else None
-    verify_zip_checksums(opened or source(), name)
-    try:
-        with warnings.catch_warnings():
-            for noise in ("Detected pickle protocol", "Validating sparse tensor"):  # random bytes, sparse tensors
-                warnings.filterwarnings("ignore", message=noise, category=UserWarning)
-            return torch.load(opened or source(), map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(_unpickling_message(name, str(err))) from None
-    except Exception as err:  # torch's zip reader and unpickler: any failure to parse is the file's fault
-        raise CheckpointError(
-            f"{name}: unreadable, the file is truncated or corrupt ({type(err).__name__}: {_first_line(str(err))})"
-        ) from None
-
-
-def verify_zip_checksums(source: str | BinaryIO, name: str | None = None) -> None:
-    """Reads every member of a zip-format checkpoint (a path or a seekable file object), which checks its
-    CRC-32; legacy files pass unchecked."""
-    name = name or os.fspath(source)
-    member = "the zip directory"
-    try:
-        if not zipfile.is_zipfile(source):
-            if _starts_like_zip(source):  # a zip archive whose directory, at the end, is missing
-                raise CheckpointError(f"{name}: unreadable, the file is truncated (its zip directory is missing)")
-            return
-        with zipfile.ZipFile(source) as archive:
-            for info in archive.infolist():
-                member = info.filename
-                with archive.open(info) as stream:
-                    while stream.read(1 << 22):
-                        pass
-    except CheckpointError:
-        raise
-    except Exception as err:  # zipfile and zlib: BadZipFile, CRC mismatch, struct.error, EOFError, OSError ...
-        raise CheckpointError(
-            f"{name}: unreadable, the file is truncated or corrupt ({member}: {_first_line(str(err))})"
-        ) from None
-
-
-def _starts_like_zip(source: str | BinaryIO) -> bool:
-    if isinstance(source, str):
-        with open(source, "rb") as f:
-            return f.read(4) == b"PK\x03\x04"
-    source.seek(0)
-    return source.read(4) == b"PK\x03\x04"
-
-
-def _unpickling_message(path: str, text: str) -> str:
-    culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if culprit:
-        return (
-            f"{path}: refused, the file contains pickled code or objects (it references {culprit.group(1)}), "
-            "not just tensors; only weights are loaded (torch.load weights_only=True). Re-save it as "
-            "torch.save({'params': model.state_dict()}, path) from a trusted environment."
-        )
-    detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    reason = detail.group(1).strip() if detail else _first_line(text)
-    return f"{path}: not a PyTorch checkpoint, or a corrupt one (unpickling failed: {_first_line(reason)})"
-
-
-def _first_line(text: str, limit: int = 160) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "no details"
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def extract_state_dict(obj: Any, key: str = "params", source: str = "checkpoint") -> dict[str, Tensor]:
@@ -204,24 +103,25 @@ def infer_config(state: Mapping[str, Tensor], source: str = "checkpoint") -> dic
     embed = _shape(state, "patch_embed.proj.weight", source, 4)
     out = _shape(state, "output.weight", source, 4)
     dim = embed[0]
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for name in state:
-        m = re.match(r"^(encoder_level[123]|latent|decoder_level[123])\.(\d+)\.", name)
-        if m:
-            counts[m.group(1)] = max(counts[m.group(1)], int(m.group(2)) + 1)
-    num_blocks = [counts[s] for s in STAGES]
+        stage, _, rest = name.partition(".")
+        index = rest.split(".", 1)[0]
+        if (stage in ENCODERS or stage in DECODER_LEVELS) and index.isdigit():
+            counts[stage] = max(counts[stage], int(index) + 1)
+    num_blocks = [counts[s] for s in ENCODERS]
     if not all(num_blocks):
-        empty = [s for s, n in zip(STAGES, num_blocks, strict=True) if not n]
+        empty = [s for s, n in zip(ENCODERS, num_blocks, strict=True) if not n]
         raise CheckpointError(f"{source}: not a DRSformer checkpoint, no blocks for {', '.join(empty)}")
-    for decoder, level in DECODERS.items():
-        if counts[decoder] != num_blocks[level]:
+    for decoder, level in DECODER_LEVELS.items():
+        if counts[decoder] != num_blocks[level - 1]:
             raise CheckpointError(
-                f"{source}: {decoder} has {counts[decoder]} blocks but {STAGES[level]} has {num_blocks[level]}; "
-                "DRSformer decoders mirror the encoders"
+                f"{source}: {decoder} has {counts[decoder]} blocks but {ENCODERS[level - 1]} has "
+                f"{num_blocks[level - 1]}; DRSformer decoders mirror the encoders"
             )
-    heads = [_shape(state, f"{s}.0.attn.temperature", source, 3)[0] for s in STAGES]
+    heads = [_shape(state, f"{s}.0.attn.temperature", source, 3)[0] for s in ENCODERS]
     widths = [dim * 2**i for i in range(4)]
-    hidden = [_shape(state, f"{s}.0.ffn.project_in.weight", source, 4)[0] // 2 for s in STAGES]
+    hidden = [_shape(state, f"{s}.0.ffn.project_in.weight", source, 4)[0] // 2 for s in ENCODERS]
     return dict(
         inp_channels=int(embed[1]),
         out_channels=int(out[0]),
@@ -269,9 +169,6 @@ def check_keys(model: torch.nn.Module, state: Mapping[str, Tensor], source: str)
         if found.layout != torch.strided or not found.is_floating_point():
             kind = found.dtype if found.layout == torch.strided else found.layout
             raise CheckpointError(f"{source}: {name} holds {kind} values; weights are dense floating-point tensors")
-
-
-VALIDATED_KEY = "validated"  # in our training runs' weight files: the weights the run validated
 
 
 def weights_key(obj: Any, requested: str | None) -> tuple[str, str | None]:

@@ -13,7 +13,6 @@ layer norm are much faster; CUDA inputs keep the layout they come in.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +24,11 @@ from ..registry import ARCH_REGISTRY, check_kwargs
 from .attention import AttentionSums, TopKSparseAttention, autocast_off
 from .mefc import MEFC, conv_radius
 from .padding import crop_to, is_tracing, pad_to_multiple
+from .unet import SIZE_MULTIPLE, build_plan
 
 IMPLS = ("fast", "reference")
 IMPL_PARTS = ("attention", "ffn", "mefc", "norm", "layout")
 LAYERNORM_TYPES = ("WithBias", "BiasFree")
-# Height and width must be multiples of this: three 2x down-samplings.
-SIZE_MULTIPLE = 8
 
 
 def _at_least_float32(x: Tensor) -> Tensor:
@@ -212,55 +210,6 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of the U-shaped network, in execution order.
-
-    ``kind`` is ``embed`` (3x3 conv of the image), ``mefc``, ``block`` (a Transformer block), ``down`` (3x3 conv
-    + pixel-unshuffle), ``up`` (3x3 conv + pixel-shuffle, then the saved map ``skip`` concatenated and, when
-    ``reduce`` names one, a 1x1 conv) or ``output`` (3x3 conv plus the input image). ``module`` is the attribute
-    path of what runs, ``level`` the level of the output (1: full resolution, 4: 1/8), and ``save`` names the
-    output when a later ``up`` step uses it.
-    """
-
-    kind: str
-    module: str
-    level: int
-    save: str | None = None
-    skip: str | None = None
-    reduce: str | None = None
-
-
-ENCODERS = ("encoder_level1", "encoder_level2", "encoder_level3", "latent")
-DOWNS = ("down1_2", "down2_3", "down3_4")
-# (up-sampling, channel reduction, decoder) from level 4 up to level 1
-UPS = (
-    ("up4_3", "reduce_chan_level3", "decoder_level3"),
-    ("up3_2", "reduce_chan_level2", "decoder_level2"),
-    ("up2_1", None, "decoder_level1"),
-)
-
-
-def build_plan(num_blocks: Sequence[int], mefc: bool) -> tuple[Step, ...]:
-    """The steps of a DRSformer with ``num_blocks`` per level, with or without the two compensators."""
-    steps = [Step("embed", "patch_embed", 1)]
-    if mefc:
-        steps.append(Step("mefc", "encoder_level0", 1))
-    for level, (name, count) in enumerate(zip(ENCODERS, num_blocks, strict=True), start=1):
-        for i in range(count):
-            last = i == count - 1 and level < 4
-            steps.append(Step("block", f"{name}.{i}", level, save=f"enc{level}" if last else None))
-        if level < 4:
-            steps.append(Step("down", DOWNS[level - 1], level + 1))
-    for level, (up, reduce, decoder) in zip((3, 2, 1), UPS, strict=True):
-        steps.append(Step("up", up, level, skip=f"enc{level}", reduce=reduce))
-        steps += [Step("block", f"{decoder}.{i}", level) for i in range(num_blocks[level - 1])]
-    if mefc:
-        steps.append(Step("mefc", "refinement", 1))
-    steps.append(Step("output", "output", 1))
-    return tuple(steps)
 
 
 def _stage(n: int, dim: int, heads: int, ffn: float, bias: bool, norm: str, impl: str) -> nn.Sequential:

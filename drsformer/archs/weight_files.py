@@ -1,4 +1,8 @@
-"""safetensors weight files: one flat set of named tensors and string metadata, no code.
+"""Reading and writing weight files: PyTorch's ``.pth`` (``torch.load(weights_only=True)``, checksums verified)
+and safetensors, with errors that name the file. Which weights inside a file to use is
+:mod:`drsformer.archs.checkpoint`'s business.
+
+safetensors files hold one flat set of named tensors and string metadata, no code.
 
 Keys are the published state-dict layout (``patch_embed.proj.weight`` ...), exactly what
 ``torch.load(published)['params']`` holds, so a file anyone wrote with ``safetensors.torch.save_file(params, path)``
@@ -17,11 +21,16 @@ metadata names the weights (``params`` otherwise).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import pickle
+import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
@@ -29,8 +38,9 @@ from torch import Tensor
 from ..errors import CheckpointError
 from ..files import write_atomic
 from ..optional import require
-from .checkpoint import VALIDATED_KEY, WRAPPER_KEYS, _first_line
 
+WRAPPER_KEYS = ("params", "params_ema", "state_dict", "model", "net_g")  # where checkpoints keep their weights
+VALIDATED_KEY = "validated"  # in our training runs' weight files: the weights the run validated
 SUFFIX = ".safetensors"
 PARAMS_KEY_ENTRY = "drsformer.params_key"
 DIGEST_ENTRY = "drsformer.sha256"
@@ -67,7 +77,7 @@ def read_safetensors(path: str | os.PathLike, map_location: str | torch.device =
             state = {key: f.get_tensor(key).clone() for key in f.keys()}
     except Exception as err:  # the parser's SafetensorError, torch's errors on dtypes it lacks: the file's fault
         raise CheckpointError(
-            f"{name}: unreadable safetensors file, truncated or corrupt ({type(err).__name__}: {_first_line(str(err))})"
+            f"{name}: unreadable safetensors file, truncated or corrupt ({type(err).__name__}: {first_line(str(err))})"
         ) from None
     expected = metadata.get(DIGEST_ENTRY)
     if expected is not None and weights_digest(state, metadata) != expected:
@@ -127,3 +137,97 @@ def _check_params_key(params_key: Any, name: str) -> None:
         raise CheckpointError(
             f"{name}: {PARAMS_KEY_ENTRY} is {params_key!r:.40}, expected one of {', '.join(WRAPPER_KEYS)}"
         )
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, or for a safetensors file (by its ``.safetensors`` suffix or its
+    first bytes) :func:`read_safetensors`, which gives ``{'params': ...}`` alike; any
+    file that cannot be parsed is a one-line :class:`CheckpointError`.
+
+    Files in PyTorch's zip format are checked against their CRC-32 checksums first, and safetensors files we wrote
+    against their SHA-256, so a flipped bit in the tensor data is reported instead of loaded as different weights.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file")
+    if is_safetensors(path):
+        return read_safetensors(path, map_location)
+    return _checked_load(path, path, map_location)
+
+
+def read_checkpoint_bytes(data: bytes, name: str, map_location: str | torch.device = "cpu") -> Any:
+    """:func:`read_checkpoint` of a file's content (received from another process); errors name ``name``."""
+    if not data:
+        raise CheckpointError(f"{name}: empty file")
+    return _checked_load(lambda: io.BytesIO(data), name, map_location)
+
+
+def _checked_load(source: Any, name: str, map_location: str | torch.device) -> Any:
+    """``source``: a path, or a factory of fresh file objects over the same bytes."""
+    opened = source if isinstance(source, str) else None
+    verify_zip_checksums(opened or source(), name)
+    try:
+        with warnings.catch_warnings():
+            for noise in ("Detected pickle protocol", "Validating sparse tensor"):  # random bytes, sparse tensors
+                warnings.filterwarnings("ignore", message=noise, category=UserWarning)
+            return torch.load(opened or source(), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(_unpickling_message(name, str(err))) from None
+    except Exception as err:  # torch's zip reader and unpickler: any failure to parse is the file's fault
+        raise CheckpointError(
+            f"{name}: unreadable, the file is truncated or corrupt ({type(err).__name__}: {first_line(str(err))})"
+        ) from None
+
+
+def verify_zip_checksums(source: str | BinaryIO, name: str | None = None) -> None:
+    """Reads every member of a zip-format checkpoint (a path or a seekable file object), which checks its
+    CRC-32; legacy files pass unchecked."""
+    name = name or os.fspath(source)
+    member = "the zip directory"
+    try:
+        if not zipfile.is_zipfile(source):
+            if _starts_like_zip(source):  # a zip archive whose directory, at the end, is missing
+                raise CheckpointError(f"{name}: unreadable, the file is truncated (its zip directory is missing)")
+            return
+        with zipfile.ZipFile(source) as archive:
+            for info in archive.infolist():
+                member = info.filename
+                with archive.open(info) as stream:
+                    while stream.read(1 << 22):
+                        pass
+    except CheckpointError:
+        raise
+    except Exception as err:  # zipfile and zlib: BadZipFile, CRC mismatch, struct.error, EOFError, OSError ...
+        raise CheckpointError(
+            f"{name}: unreadable, the file is truncated or corrupt ({member}: {first_line(str(err))})"
+        ) from None
+
+
+def _starts_like_zip(source: str | BinaryIO) -> bool:
+    if isinstance(source, str):
+        with open(source, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    source.seek(0)
+    return source.read(4) == b"PK\x03\x04"
+
+
+def _unpickling_message(path: str, text: str) -> str:
+    culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if culprit:
+        return (
+            f"{path}: refused, the file contains pickled code or objects (it references {culprit.group(1)}), "
+            "not just tensors; only weights are loaded (torch.load weights_only=True). Re-save it as "
+            "torch.save({'params': model.state_dict()}, path) from a trusted environment."
+        )
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = detail.group(1).strip() if detail else first_line(text)
+    return f"{path}: not a PyTorch checkpoint, or a corrupt one (unpickling failed: {first_line(reason)})"
+
+
+def first_line(text: str, limit: int = 160) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "no details"
+    return line if len(line) <= limit else line[: limit - 3] + "..."

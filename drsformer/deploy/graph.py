@@ -19,12 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from ..archs import DRSformer
-from ..archs.drsformer import SIZE_MULTIPLE
+from ..archs.unet import SIZE_MULTIPLE
 from ..errors import ExportError
 from ..optional import require
+from ..precision import precision as precision_record
 
 FORMATS = ("onnx", "pt2")
-EXPORT_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The smallest side an exported model accepts: the tracer specialises a 1 x 1 map at the lowest level (sides of
 # 8 or less), which the padding to 16 of sides 9 to 15 never makes.
 MIN_SIDE = SIZE_MULTIPLE + 1
@@ -37,9 +37,7 @@ class ExportedDRSformer(nn.Module):
 
     def __init__(self, model: DRSformer, precision: str = "fp32") -> None:
         super().__init__()
-        if precision not in EXPORT_PRECISIONS:
-            raise ExportError(f"--precision: {precision!r} is not one of {', '.join(EXPORT_PRECISIONS)}")
-        self.dtype = EXPORT_PRECISIONS[precision]
+        self.dtype = precision_record(precision).dtype
         model = copy.deepcopy(model).eval().cpu().set_impl("fast")
         model.layout_impl = "reference"  # NCHW throughout: the channels-last relayout is an eager-CPU detail
         self.model = model.to(self.dtype)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..archs.checkpoint import read_checkpoint, read_checkpoint_bytes
+from ..archs.weight_files import read_checkpoint, read_checkpoint_bytes
 from ..errors import CheckpointError
 from ..files import link_or_copy_atomic, save_torch_atomic
 

@@ -182,7 +182,8 @@ def load_pretrained(model: nn.Module, path_opt: dict[str, Any], logger: RunLogge
     """``path.pretrain_network_g`` into ``model``: strictly (the checkpoint must describe the same network), or
     with ``strict_load_g: false`` only the tensors whose names and shapes match."""
     from ..archs import from_checkpoint
-    from ..archs.checkpoint import extract_state_dict, read_checkpoint
+    from ..archs.checkpoint import extract_state_dict
+    from ..archs.weight_files import read_checkpoint
     from ..errors import ConfigError
 
     path, key = path_opt["pretrain_network_g"], path_opt["param_key_g"]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..precision import autocast
+from ..precision import autocast, needs_grad_scaler
 from .data import mixup, mixup_seed
 
 # An fp16 loss scale below this means the gradients no longer fit fp16 at any useful scale (see engine.guard).
@@ -83,7 +83,7 @@ class Stepper:
     ) -> None:
         self.model, self.net, self.optimizer, self.loss_fn = model, net, optimizer, loss_fn
         self.options, self.device, self.ema, self.ddp = options, device, ema, ddp
-        self.scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(options.precision))
 
     def release_wrappers(self) -> None:
         """Drops the DDP (and compiled) wrappers once training is over; what remains runs the plain model."""

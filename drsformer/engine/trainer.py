@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.paired import SkippedFiles
 from ..devices import is_out_of_memory
 from ..errors import ConfigError, OutOfMemory, RunStopped, TrainingError
+from ..precision import needs_grad_scaler
 from ..registry import ARCH_REGISTRY, LOSS_REGISTRY, OPTIMIZER_REGISTRY, SCHEDULER_REGISTRY
 from . import distributed
 from .data import build_dataset, build_schedule, check_crops_fit, train_loader
@@ -177,7 +178,7 @@ class Trainer:
             self.precision, clip, memory_format, train["mixing_augs"], options["manual_seed"], self.dist.rank
         )
         stepper = Stepper(self.model, net, optimizer, loss_fn, step_options, self.device, ema, ddp)
-        self.guard = Guard(train["max_bad_steps"], train["max_skipped_steps"], fp16=self.precision == "fp16")
+        self.guard = Guard(train["max_bad_steps"], train["max_skipped_steps"], fp16=needs_grad_scaler(self.precision))
 
         self.schedule = build_schedule(options, self.dist.world_size)
         self.train_set = build_dataset(options["datasets"]["train"], "datasets.train")
@@ -459,6 +460,4 @@ def _restore_backends(saved: dict[str, Any] | None) -> None:
 
 def train(options: dict[str, Any], resume: str | None = None, device: str | None = None, progress: bool = True) -> Path:
     """Trains to ``train.total_iter`` and returns the run folder."""
-    if os.environ.get("WORLD_SIZE", "1") != "1" and device is None and not torch.cuda.is_available():
-        device = "cpu"
     return Trainer(options, resume, device).run(progress_bar=progress)

@@ -13,7 +13,7 @@ from torch import nn
 
 from .. import benchmarks
 from ..data.io import write_image
-from ..errors import ConfigError, TrainingError
+from ..errors import TrainingError
 from ..inference import InferenceSettings, restore_or_explain, tensor_to_image
 from ..registry import METRIC_REGISTRY
 from . import distributed
@@ -33,15 +33,12 @@ class ValSet:
 
 
 def protocol_for(options: dict[str, Any], key: str, section: dict[str, Any]) -> str:
-    """``val.protocol``, else the protocol of the benchmark the set's name (or its folder) names, else restormer."""
-    protocol = options["val"]["protocol"]
-    if protocol is None:
-        name = section.get("name") or key
-        bench = benchmarks.find(str(name)) or benchmarks.find(Path(section["dataroot_gt"]).parent.parent.name)
-        protocol = bench.protocol if bench else "restormer"
-    if protocol not in benchmarks.PROTOCOLS:
-        raise ConfigError(f"val.protocol: expected one of {', '.join(benchmarks.PROTOCOLS)}, got {protocol!r}")
-    return protocol
+    """The set's protocol by :func:`drsformer.benchmarks.resolve_protocol`: ``val.protocol``, else the benchmark the
+    set's name, or its folders, name (``datasets/Rain200H/test/target`` as prepared, or the authors'
+    ``Datasets/test/Rain200H/target``)."""
+    target = Path(section["dataroot_gt"])
+    names = [str(section.get("name") or key), target.parent.name, target.parent.parent.name]
+    return benchmarks.resolve_protocol(options["val"]["protocol"], names, "val.protocol", f"datasets.{key}")
 
 
 def build_val_sets(options: dict[str, Any], dist: Distributed) -> list[ValSet]:

@@ -16,10 +16,11 @@ from typing import Any
 from tqdm import tqdm
 
 from .. import benchmarks
+from ..benchmarks import PROTOCOLS
 from ..data.io import ImageReadError, list_images, match_files, name_list, read_image, to_uint8
 from ..errors import DrsformerError, EvaluationError, MissingPathError, PairingError
 from . import noref
-from .matlab import PROTOCOLS, evaluate_pair
+from .protocols import evaluate_pair
 
 FULL_REFERENCE = ("psnr", "ssim")
 METRICS = FULL_REFERENCE + noref.NOREF_METRICS
@@ -222,8 +223,7 @@ def evaluate_folders(
 ) -> EvaluationReport:
     """Scores every pair with several processes (``workers``; default: all cores, at most 8); ``extra`` adds
     no-reference metrics of the restored images. Any image that cannot be scored stops it with an error."""
-    if protocol not in PROTOCOLS:
-        raise EvaluationError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    benchmarks.check_protocol(protocol, "protocol")
     extra = check_metrics(extra, gt=True)
     jobs = [(pair, protocol, extra) for pair in pair_files(restored_dir, gt_dir, pair_by)]
     return EvaluationReport(protocol, parallel_map(_score_job, jobs, workers, progress), dataset, extra)
@@ -324,11 +324,7 @@ def run(args: argparse.Namespace) -> int:
     if args.gt is None:
         return run_noref(args)
     bench = benchmarks.get(args.dataset, "--dataset") if args.dataset else None
-    protocol = args.protocol or (bench.protocol if bench else None)
-    if protocol is None:
-        raise EvaluationError(
-            "choose --protocol restormer|rcdnet|skimage, or --dataset to use the paper's protocol for it"
-        )
+    protocol = benchmarks.resolve_protocol(args.protocol, [bench.name] if bench else [], "--protocol", "")
     if bench and args.protocol and args.protocol != bench.protocol:
         print(
             f"note: the paper evaluates {bench.title} with the {bench.protocol} protocol; "

@@ -13,18 +13,15 @@
 A grayscale image (2-D array) is used as Y directly, as the scripts do for single-channel files.
 
 ``skimage`` protocol (not MATLAB; what many Python-only papers report): ``skimage.metrics`` on unrounded Y, see
-:mod:`drsformer.metrics.skimage_protocol`.
+:mod:`drsformer.metrics.skimage_protocol`. :func:`drsformer.metrics.protocols.evaluate_pair` picks by name.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-
-from ..benchmarks import PROTOCOLS
 
 WINDOW_SIZE = 11
 WINDOW_SIGMA = 1.5
@@ -116,24 +113,13 @@ def psnr(y1: np.ndarray, y2: np.ndarray, peak: float) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
 
 
-@dataclass(frozen=True)
-class Score:
-    psnr: float
-    ssim: float
+def restormer_scores(restored: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """PSNR (dB) and SSIM under the ``restormer`` protocol (see the module) of two uint8 RGB (or 2-D) images."""
+    y1, y2 = rgb_to_y(restored, rounded=True), rgb_to_y(target, rounded=True)
+    return psnr(y1, y2, 255.0), float(ssim_map(y1, y2).mean())
 
 
-def evaluate_pair(restored: np.ndarray, target: np.ndarray, protocol: str) -> Score:
-    """PSNR (dB) and SSIM of two uint8 RGB images (or 2-D grayscale) under ``protocol``."""
-    if restored.shape != target.shape:
-        raise ValueError(f"images differ in size: {restored.shape} vs {target.shape}")
-    if protocol == "restormer":
-        y1, y2 = rgb_to_y(restored, rounded=True), rgb_to_y(target, rounded=True)
-        return Score(psnr(y1, y2, 255.0), float(ssim_map(y1, y2).mean()))
-    if protocol == "rcdnet":
-        y1, y2 = rgb_to_y(restored, rounded=False), rgb_to_y(target, rounded=False)
-        return Score(psnr(y1 / 255.0, y2 / 255.0, 1.0), ssim_downsampled(y1, y2))
-    if protocol == "skimage":
-        from .skimage_protocol import evaluate_skimage  # imported here: it imports Score from this module
-
-        return evaluate_skimage(restored, target)
-    raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+def rcdnet_scores(restored: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """PSNR (dB) and SSIM under the ``rcdnet`` protocol (see the module) of two uint8 RGB (or 2-D) images."""
+    y1, y2 = rgb_to_y(restored, rounded=False), rgb_to_y(target, rounded=False)
+    return psnr(y1 / 255.0, y2 / 255.0, 1.0), ssim_downsampled(y1, y2)

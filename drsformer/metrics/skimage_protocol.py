@@ -21,8 +21,6 @@ import math
 
 import numpy as np
 
-from .matlab import Score
-
 
 def luma(image: np.ndarray) -> np.ndarray:
     """Unrounded BT.601 Y (0..255 scale, float64) of an H x W x 3 uint8 RGB image; a 2-D image as is."""
@@ -35,7 +33,7 @@ def luma(image: np.ndarray) -> np.ndarray:
     return rgb2ycbcr(image)[..., 0]
 
 
-def evaluate_skimage(restored: np.ndarray, target: np.ndarray) -> Score:
+def skimage_scores(restored: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     """PSNR (dB) and SSIM of two uint8 RGB (or 2-D) images, computed by ``skimage.metrics`` on Y."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -51,4 +49,4 @@ def evaluate_skimage(restored: np.ndarray, target: np.ndarray) -> Score:
     ssim = structural_similarity(
         y_target, y_restored, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
     )
-    return Score(psnr, float(ssim))
+    return psnr, float(ssim)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .matlab import PROTOCOLS, SSIM_K, WINDOW_SIGMA, WINDOW_SIZE, Y_COEFFICIENTS, downsample_factor
+from ..benchmarks import PROTOCOLS
+from .matlab import SSIM_K, WINDOW_SIGMA, WINDOW_SIZE, Y_COEFFICIENTS, downsample_factor
 
 
 def quantize(x: Tensor) -> Tensor:
