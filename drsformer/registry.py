@@ -1,15 +1,17 @@
 """Name -> class registries for the ``type:`` entries of YAML configs.
 
-Each registry names the package whose import fills it, and imports that package before any lookup, so a
-registry is complete however it is reached (``import drsformer.data`` fills the dataset registry; so does the
-first ``DATASET_REGISTRY.get``). Packages register their classes by explicit imports; nothing scans folders.
+Each registry names its home, the package whose import fills it (``import drsformer.data`` fills the dataset
+registry): packages register their classes when they are imported, explicitly, and nothing scans folders. A
+registry never imports its home itself (that would tie this bottom module to every package above it); the
+modules that read options import the homes (:mod:`drsformer.config.training`, :mod:`drsformer.engine.build`), and
+a lookup in a registry whose home nobody imported says which package to import.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -59,17 +61,14 @@ class Registry:
                 raise KeyError(f"{self.kind} registry already has an entry named {name!r}")
             self._entries[name] = obj
 
-    def _filled(self) -> dict[str, Callable[..., Any]]:
-        importlib.import_module(self.home)  # cached after the first time
-        return self._entries
-
     def get(self, name: str, where: str = "") -> Callable[..., Any]:
-        entries = self._filled()
+        entries = self._entries
         if not isinstance(name, str) or name not in entries:
             known = ", ".join(sorted(entries)) or "(none)"
             hint = suggest(name, entries) if isinstance(name, str) else ""
             prefix = f"{where}.type: " if where else ""
-            raise ConfigError(f"{prefix}unknown {self.kind} type {name!r}{hint} (known: {known})")
+            unfilled = "" if self.home in sys.modules else f"; import {self.home} first, which registers them"
+            raise ConfigError(f"{prefix}unknown {self.kind} type {name!r}{hint} (known: {known}){unfilled}")
         return entries[name]
 
     def build(self, opt: dict[str, Any], *args: Any, where: str = "", **runtime: Any) -> Any:
@@ -89,10 +88,10 @@ class Registry:
         return cls(*args, **runtime, **kwargs)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._filled()
+        return name in self._entries
 
     def names(self) -> list[str]:
-        return sorted(self._filled())
+        return sorted(self._entries)
 
 
 def check_kwargs(

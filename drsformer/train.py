@@ -7,7 +7,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .commands.args import add_device
+from .commands.running import module_main
 from .config import parse_overrides, read_training_options
+
+DESCRIPTION = "train from a YAML options file (one process, or torchrun for several)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="auto|PATH",
         help="continue a run: 'auto' takes the newest training state in the run folder, or give a .state file",
     )
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_device(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to the run folder)")
     parser.add_argument("--launcher", help=argparse.SUPPRESS)  # accepted for BasicSR scripts; torchrun needs none
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
@@ -44,9 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cli import module_main
-
-    return module_main("train", argv)
+    return module_main("train", "python -m drsformer.train", DESCRIPTION, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

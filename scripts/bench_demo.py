@@ -2,7 +2,7 @@
 
     python scripts/bench_demo.py [--minutes 5] [--runs 1] [--out /tmp/drsformer-bench-demo]
 
-Runs `drsformer demo` (in this process, the same code path as the command) once per seed and prints a table of
+Runs the demo (:func:`drsformer.demo.run.run_demo`, what `drsformer demo` runs) once per seed and prints a table of
 the budget, iterations, PSNR before and after, the gain and the wall time. Exits with status 1 when any run
 gains less than the threshold. This is a benchmark, not a test: its result depends on the machine's speed.
 """
@@ -10,12 +10,11 @@ gains less than the threshold. This is a benchmark, not a test: its result depen
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from drsformer.cli import main as drsformer
+from drsformer.demo.run import DemoSettings, run_demo
 
 
 def run() -> int:
@@ -29,10 +28,7 @@ def run() -> int:
     for seed in range(args.runs):
         out = Path(args.out) / f"seed{seed}"
         start = time.perf_counter()
-        argv = ["demo", "--out", str(out), "--minutes", str(args.minutes), "--seed", str(seed), "--no-progress"]
-        if drsformer(argv) != 0:
-            return 2
-        summary = json.loads((out / "summary.json").read_text())
+        summary = run_demo(DemoSettings(out, args.minutes, seed=seed, progress=False))
         rows.append((seed, summary, time.perf_counter() - start))
     print(
         f"\n{'seed':>4} {'minutes':>7} {'iters':>6} {'PSNR before':>11} {'PSNR after':>10} {'gain dB':>8} {'wall s':>7}"

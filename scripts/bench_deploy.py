@@ -206,7 +206,7 @@ def psnr_table(args: argparse.Namespace, tmp: Path) -> list[dict]:
 
 
 def main() -> None:
-    from drsformer.cli import parse_size
+    from drsformer.commands.args import parse_size
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", help="a checkpoint (default: the full model with random weights, seed 0)")

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from drsformer import tiling
-from drsformer.cli import add_model_arguments, model_from_args, parse_size
+from drsformer.commands.args import add_model, model_from_args, parse_size
 from drsformer.data.io import list_images, match_files, read_image, to_uint8
 from drsformer.inference import PRECISIONS, image_to_tensor, restore, tensor_to_image
 from drsformer.memory import peak_mb, prefer_huge_pages, reset_peak, resident_mb
@@ -193,7 +193,7 @@ def pairs_table(args: argparse.Namespace) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_arguments(parser)
+    add_model(parser)
     parser.add_argument("--sizes", nargs="+", default=["512", "1024", "2048", "2000x3000"], help="N or HxW")
     parser.add_argument("--tiles", type=int, nargs="+", default=[256, 512], help="tile sizes to measure")
     parser.add_argument("--whole-max", type=int, default=1024, help="run whole images for sides up to this")

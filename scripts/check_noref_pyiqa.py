@@ -129,7 +129,7 @@ def frame_1080p() -> np.ndarray:
 
 
 def ours(path: Path) -> dict[str, float]:
-    from drsformer.metrics.evaluate import score_image
+    from drsformer.evaluation.folders import score_file as score_image
 
     return score_image(path, ("niqe", "brisque"))
 
@@ -209,7 +209,7 @@ def bench(work: Path, niqe, brisque, repeats: int) -> None:
     import torch
 
     from drsformer.data.synth_rain import add_rain
-    from drsformer.metrics.evaluate import score_image
+    from drsformer.evaluation.folders import score_file as score_image
 
     images = {
         "512x512": _write(work / "bench_512.png", add_rain(sd.astronaut(), np.random.default_rng(1))),

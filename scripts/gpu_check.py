@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,18 +40,18 @@ class Check:
             output, ok = f"{err.stdout or ''}{err.stderr or ''}\ntimed out after {timeout} s", False
         return self._done(name, " ".join(command), output, ok, start)
 
-    def drsformer(self, name: str, argv: list[str]) -> tuple[bool, str]:
-        """``drsformer ARGV`` in this process (no interpreter start-up per command); output to a log."""
-        from drsformer.cli import main as drsformer_main
-
+    def call(self, name: str, what: str, fn: Callable[[], object]) -> tuple[bool, str]:
+        """``fn()`` (a library call, described by ``what``) in this process; its output and any error go to a log,
+        and an error fails the check without stopping the run."""
         start, buffer = time.perf_counter(), io.StringIO()
         with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             try:
-                ok = drsformer_main(argv) == 0
-            except Exception:  # a bug: recorded as a failed check, the run goes on
+                fn()
+                ok = True
+            except Exception:  # recorded as a failed check, the run goes on
                 buffer.write(traceback.format_exc())
                 ok = False
-        return self._done(name, "drsformer " + " ".join(argv), buffer.getvalue(), ok, start)
+        return self._done(name, what, buffer.getvalue(), ok, start)
 
     def _done(self, name: str, command: str, output: str, ok: bool, start: float) -> tuple[bool, str]:
         slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")[:60]
@@ -100,19 +101,30 @@ def environment(check: Check) -> list[str]:
     return lines
 
 
-def model_args(check: Check) -> list[str]:
-    return ["--dim", "8", "--num-blocks", "1", "1", "1", "1"] if check.quick else []
+def bench(check: Check, mode: str, label: str, options: dict[str, object]) -> None:
+    """:func:`drsformer.timing.run_paths` (what ``drsformer bench`` runs) with ``options`` (``compare``, and any
+    :class:`~drsformer.timing.BenchSettings` field); its JSON beside the report."""
+    from drsformer.archs import DRSformer
+    from drsformer.timing import BenchSettings, format_table, run_paths, to_json
 
-
-def bench(check: Check, mode: str, label: str, extra: list[str]) -> None:
-    quick = check.quick
-    size = ["--size", "32", "--batch", "2"] if quick else (["--size", "256"] if mode == "infer" else
-                                                          ["--size", "128", "--batch", "8"])  # fmt: skip
-    repeat = ["--warmup", "1", "--repeat", "1"] if quick else ["--warmup", "3", "--repeat", "10"]
+    options = dict(options)
+    paths = ["reference", "fast"] if options.pop("compare", False) else ["fast"]
+    if check.quick:
+        shape = dict(height=32, width=32, batch=2, warmup=1, repeat=1)
+    else:
+        side, batch = (256, 1) if mode == "infer" else (128, 8)
+        shape = dict(height=side, width=side, batch=batch, warmup=3, repeat=10)
+    settings = BenchSettings(mode=mode, device=check.device, **shape, **options)  # type: ignore[arg-type]
     path = check.out / f"bench_{mode}_{label.replace(' ', '_').replace('+', 'and')}.json"
-    argv = ["bench", "--mode", mode, "--device", check.device, *size, *repeat, *model_args(check), *extra,
-            "--json", str(path)]  # fmt: skip
-    ok, _ = check.drsformer(f"bench {mode} {label}", argv)
+
+    def measure() -> None:
+        torch_seed(settings.seed)
+        model = DRSformer(dim=8, num_blocks=[1, 1, 1, 1]) if check.quick else DRSformer()
+        results, difference = run_paths(model, settings, paths)
+        print(format_table(settings, results, difference))
+        path.write_text(to_json(settings, results, difference, model.config))
+
+    ok, _ = check.call(f"bench {mode} {label}", f"timing.run_paths({settings}, {paths})", measure)
     figures = ""
     if ok:
         report = json.loads(path.read_text())
@@ -121,8 +133,14 @@ def bench(check: Check, mode: str, label: str, extra: list[str]) -> None:
         if report.get("max_output_difference") is not None:
             parts.append(f"max diff {report['max_output_difference']:.2g}")
         figures = "; ".join(parts)
-    shape = size[1] + ("²" if mode == "infer" else "²") + (f" x{size[3]}" if len(size) > 2 else "")
-    check.add(f"bench {mode} {shape}: {label}", ok, figures)
+    batch = f" x{settings.batch}" if mode == "train" or check.quick else ""
+    check.add(f"bench {mode} {settings.height}²{batch}: {label}", ok, figures)
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
 
 
 def tiled_photo(check: Check) -> None:
@@ -189,7 +207,7 @@ def train(check: Check, label: str, sets: list[str]) -> tuple[bool, dict]:
     """drsformer train on the demo's synthetic pairs; returns its figures from log.jsonl."""
     data = check.out / "data"
     if not (data / "train").is_dir():
-        from drsformer.demo import make_data
+        from drsformer.demo.data import make_data
 
         make_data(data, 0, 64 if check.quick else 160)
     iterations = 4 if check.quick else 50
@@ -206,9 +224,15 @@ def train(check: Check, label: str, sets: list[str]) -> tuple[bool, dict]:
         f"logger.print_freq={max(iterations // 5, 1)}", f"path.experiments_root={run_dir}", "name=gpu_check",
         *net, *sets,
     ]  # fmt: skip
-    argv = ["train", "-opt", str(ROOT / "options/train/Rain200H.yml"), "--no-progress", "--device", check.device,
-            "--set", *overrides]  # fmt: skip
-    ok, _ = check.drsformer(f"train {label}", argv)
+    options_file = ROOT / "options/train/Rain200H.yml"
+
+    def run_training() -> None:
+        from drsformer.config import read_training_options
+        from drsformer.engine.trainer import train as train_run
+
+        train_run(read_training_options(options_file, overrides).options, device=check.device, progress=False)
+
+    ok, _ = check.call(f"train {label}", f"train {options_file} --set {' '.join(overrides)}", run_training)
     figures: dict = {}
     if ok:
         records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
@@ -240,18 +264,18 @@ def main() -> int:
               "--tile auto, deterministic resume, process group)", ok and "skipped" not in summary,
               summary.strip("= "))  # fmt: skip
 
-    compile_runs = [] if args.quick else [("bf16 + compile", ["--precision", "bf16", "--compile"])]
-    for label, extra in [("fp32", ["--compare"]), ("bf16", ["--precision", "bf16", "--compare"]), *compile_runs]:
-        bench(check, "infer", label, extra)
+    compiled = {"precision": "bf16", "compile": True}
+    infer_runs = [("fp32", {"compare": True}), ("bf16", {"precision": "bf16", "compare": True})]
     train_runs = [
-        ("fp32", ["--compare"]),
-        ("bf16", ["--precision", "bf16", "--compare"]),
-        *([] if args.quick else [("bf16 + compile", ["--precision", "bf16", "--compile"])]),
-        ("channels-last", ["--channels-last", "--compare"]),
-        ("activation checkpointing", ["--activation-checkpointing", "--compare"]),
+        ("fp32", {"compare": True}),
+        ("bf16", {"precision": "bf16", "compare": True}),
+        ("channels-last", {"channels_last": True, "compare": True}),
+        ("activation checkpointing", {"activation_checkpointing": True, "compare": True}),
     ]
-    for label, extra in train_runs:
-        bench(check, "train", label, extra)
+    for label, options in infer_runs + ([] if args.quick else [("bf16 + compile", compiled)]):
+        bench(check, "infer", label, options)
+    for label, options in train_runs + ([] if args.quick else [("bf16 + compile", compiled)]):
+        bench(check, "train", label, options)
 
     tiled_photo(check)
     ok_fast, fast = train(check, "bf16", ["train.precision=bf16"])

@@ -42,9 +42,9 @@ def make_set(out: Path, count: int, seed: int, size: tuple[int, int] = (240, 320
     medium and half with heavy rain from ``drsformer synth-rain``."""
     import cv2
 
-    from drsformer.cli import main
     from drsformer.data.io import write_image
-    from drsformer.demo import bundled_photo
+    from drsformer.data.synth_rain import synthesize_folder
+    from drsformer.demo.data import bundled_photo
 
     rng = np.random.default_rng(seed)
     clean = Path(tempfile.mkdtemp(prefix="clean-"))
@@ -60,7 +60,7 @@ def make_set(out: Path, count: int, seed: int, size: tuple[int, int] = (240, 320
             crop = crop[:, ::-1]
         write_image(clean / density / f"{Path(PHOTOS[i % len(PHOTOS)]).stem}_{i:03d}_{density}.png", crop)
     for density in ("medium", "heavy"):
-        main(["synth-rain", "--clean", str(clean / density), "--out", str(out), "--density", density, "--seed", "0"])
+        synthesize_folder(clean / density, out, density=density, seed=0)
     shutil.rmtree(clean)
 
 

@@ -18,7 +18,7 @@ import torch
 
 from drsformer.archs import DRSformer
 from drsformer.archs.checkpoint import load_model
-from drsformer.cli import parse_size
+from drsformer.commands.args import parse_size
 from drsformer.deploy.verify import smallest_topk_gap
 
 

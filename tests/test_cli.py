@@ -13,7 +13,8 @@ import torch
 from conftest import TINY
 
 from drsformer.archs import DRSformer
-from drsformer.cli import main, parse_size
+from drsformer.cli import main
+from drsformer.commands.args import parse_size
 
 TINY_ARGS = ["--dim", "8", "--num-blocks", "1", "1", "1", "1", "--heads", "1", "2", "4", "8"]
 

@@ -8,7 +8,8 @@ import numpy as np
 from drsformer.archs import from_checkpoint
 from drsformer.cli import main
 from drsformer.data.io import read_image
-from drsformer.demo import HELD_OUT_PHOTOS, TRAIN_PHOTOS, curve_picture, make_data
+from drsformer.demo.data import HELD_OUT_PHOTOS, TRAIN_PHOTOS, make_data
+from drsformer.demo.pictures import curve_picture
 
 
 def test_a_short_demo_writes_pictures_a_loadable_checkpoint_and_a_summary(tmp_path, capsys) -> None:

@@ -263,7 +263,8 @@ def test_the_log_window_averages_applied_steps_over_processes() -> None:
 
 
 def test_backends_follow_the_tf32_and_deterministic_keys_and_are_put_back() -> None:
-    from drsformer.engine.trainer import _configure_backends, _restore_backends
+    from drsformer.engine.build import configure_backends as _configure_backends
+    from drsformer.engine.build import restore_backends as _restore_backends
 
     before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
     before += (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)

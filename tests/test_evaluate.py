@@ -9,8 +9,9 @@ from conftest import DATA
 
 from drsformer.cli import main
 from drsformer.data.io import write_image
+from drsformer.errors import EvaluationError
+from drsformer.evaluation.folders import evaluate_folders, pair_files
 from drsformer.metrics import evaluate_pair
-from drsformer.metrics.evaluate import EvaluationError, evaluate_folders, pair_files
 
 IMAGES = DATA / "metric_images"
 
@@ -117,7 +118,8 @@ def test_cli_with_dataset_protocol_and_json(tmp_path, capsys) -> None:
     reference = [json.loads(line) for line in (IMAGES / "octave_reference.jsonl").read_text().splitlines()][:3]
     assert report["psnr"] == pytest.approx(np.mean([r["y_double_psnr"] for r in reference]), abs=1e-4)
     assert report["ssim"] == pytest.approx(np.mean([r["y_double_ssim_downsampled"] for r in reference]), abs=1e-6)
-    assert set(report) == {"protocol", "count", "psnr", "ssim", "dataset", "images"}
+    assert set(report) == {"name", "protocol", "metrics", "count", "psnr", "ssim", "seconds", "failed", "images"}
+    assert report["name"] == "DDN" and report["failed"] == []
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys) -> None:

@@ -14,7 +14,8 @@ from conftest import TINY
 
 from drsformer import benchmarks, errors
 from drsformer.archs import VARIANTS, DRSformer, from_checkpoint
-from drsformer.cli import main, run_command
+from drsformer.cli import main
+from drsformer.commands.running import run_command
 from drsformer.data.io import write_image
 
 REGISTRIES = {
@@ -42,10 +43,23 @@ def test_importing_a_package_fills_its_registry(registry: str) -> None:
 
 
 @pytest.mark.parametrize("registry", sorted(REGISTRIES))
-def test_a_lookup_fills_a_registry_nobody_imported(registry: str) -> None:
+def test_a_lookup_before_the_home_is_imported_says_what_to_import(registry: str) -> None:
+    """A registry never imports its home itself (no import cycle through the bottom module); the message says."""
     name = sorted(REGISTRIES[registry][1])[0]
-    out = _fresh_python(f"from drsformer.registry import {registry} as r; print(r.get({name!r}).__name__)")
-    assert out.strip() in REGISTRIES[registry][1] | {"DRSformer", "PairedImageDataset"}
+    code = (
+        f"from drsformer.registry import {registry} as r\n"
+        f"try:\n    r.get({name!r})\nexcept Exception as err:\n    print(err)"
+    )
+    out = _fresh_python(code)
+    assert f"unknown {registry.split('_')[0].lower()} type {name!r}" in out and "first, which registers them" in out
+
+
+def test_reading_options_fills_every_registry() -> None:
+    code = "import drsformer.config, drsformer.registry as r; print([len(x._entries) for x in " + (
+        "(r.ARCH_REGISTRY, r.DATASET_REGISTRY, r.LOSS_REGISTRY, r.METRIC_REGISTRY, r.OPTIMIZER_REGISTRY, "
+        "r.SCHEDULER_REGISTRY)])"
+    )
+    assert all(count > 0 for count in eval(_fresh_python(code)))
 
 
 def test_model_package_does_not_import_the_runners() -> None:

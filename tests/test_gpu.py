@@ -190,7 +190,7 @@ def test_bench_times_the_device_it_is_given(device: str) -> None:
     import time
 
     from drsformer.archs import DRSformer
-    from drsformer.bench import BenchSettings, run_paths
+    from drsformer.timing import BenchSettings, run_paths
 
     cuda = device.startswith("cuda")
     target = torch.device("cuda", torch.cuda.device_count() - 1) if cuda else torch.device(device)

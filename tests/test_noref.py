@@ -15,8 +15,8 @@ from drsformer.cli import main
 from drsformer.data.io import read_image, read_image_with_alpha, to_uint8, write_image
 from drsformer.data.synth_rain import add_rain
 from drsformer.errors import EvaluationError
+from drsformer.evaluation.folders import evaluate_folder_noref, evaluate_folders, score_file
 from drsformer.metrics import noref
-from drsformer.metrics.evaluate import evaluate_folder_noref, evaluate_folders, score_image
 
 REFERENCE = json.loads((DATA / "noref" / "pyiqa_reference.json").read_text())["images"]
 
@@ -176,7 +176,7 @@ def test_bad_images_are_named_and_skipped_and_the_mean_stays_finite(tmp_path, ca
     assert "3 image(s) could not be scored: broken.png, flat.png, tiny.png" in captured.err
     assert "2 images (3 skipped): NIQE" in captured.out and "(lower is better)" in captured.out
     report = json.loads(out.read_text())
-    assert list(report) == ["metrics", "count", "niqe", "brisque", "failed", "images"]
+    assert list(report) == ["name", "protocol", "metrics", "count", "niqe", "brisque", "seconds", "failed", "images"]
     assert report["count"] == 2 and all(math.isfinite(report[k]) for k in ("niqe", "brisque"))
     assert [f["name"] for f in report["failed"]] == ["broken.png", "flat.png", "tiny.png"]
     assert [i["name"] for i in report["images"]] == ["0.png", "1.png"]
@@ -186,11 +186,11 @@ def test_score_image_names_the_file(tmp_path) -> None:
     path = tmp_path / "small.png"
     write_image(path, np.zeros((50, 50, 3), np.uint8))
     with pytest.raises(EvaluationError, match=r"small.png: too small for NIQE"):
-        score_image(path)
+        score_file(path)
     with pytest.raises(EvaluationError, match=r"small.png: BRISQUE is undefined for a flat image"):
-        score_image(path, ("brisque",))
+        score_file(path, ("brisque",))
     write_image(path, _photo()[:50, :50])
-    assert set(score_image(path, ("brisque",))) == {"name", "brisque"}
+    assert set(score_file(path, ("brisque",))) == {"name", "brisque"}
 
 
 def test_metrics_beside_psnr_ssim_with_ground_truth(tmp_path, capsys) -> None:
@@ -199,7 +199,8 @@ def test_metrics_beside_psnr_ssim_with_ground_truth(tmp_path, capsys) -> None:
         write_image(restored / f"{i}.png", _photo(f"didddn_{i}_drsformer.png"))
         write_image(gt / f"{i}.png", _photo(f"didddn_{i}_gt.png"))
     report = evaluate_folders(restored, gt, "rcdnet", workers=1, progress=False, extra=("niqe",)).to_dict()
-    assert list(report) == ["protocol", "count", "psnr", "ssim", "niqe", "images"]
+    keys = ["name", "protocol", "metrics", "count", "psnr", "ssim", "niqe", "seconds", "failed", "images"]
+    assert list(report) == keys
     for entry in report["images"]:
         assert entry["niqe"] == noref.niqe(read_image(restored / entry["name"]))
     out = tmp_path / "s.json"

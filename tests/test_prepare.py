@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from drsformer.cli import main
-from drsformer.data import prepare as prep
+from drsformer.commands import prepare as prepare_command
 from drsformer.data.io import read_image, write_image
 from drsformer.data.prepare import PrepareError, prepare_dataset
 
@@ -466,11 +466,11 @@ def test_a_given_folder_must_fit_the_layout(tmp_path: Path) -> None:
 
 def test_cli_arguments_and_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
-    prep.add_arguments(parser)
+    prepare_command.add_arguments(parser)
     src = rain200_release(tmp_path / "raw", train=1, test=1)
     args = parser.parse_args(["Rain200H", "--src", str(src), "--dst", str(tmp_path / "out"), "--no-progress"])
     assert (args.copy, args.overwrite, args.train_dir, args.test_dir) == (False, False, None, None)
-    assert prep.run(args) == 1  # 1 of 1800 and 1 of 200: the report is printed, the status says check it
+    assert prepare_command.run(args) == 1  # 1 of 1800 and 1 of 200: the report is printed, the status says check it
     captured = capsys.readouterr()
     assert captured.out.splitlines()[0].split() == ["dataset", "split", "written", "expected", "missing", "status"]
     assert "Rain200H  test         1       200        0  CHECK" in captured.out

@@ -17,12 +17,12 @@ from conftest import TINY
 
 from drsformer.archs import DRSformer
 from drsformer.cli import main
+from drsformer.config.testing import load_options
 from drsformer.data.io import read_image, write_image
+from drsformer.evaluation.report import SCORES_FILE, write_report
+from drsformer.evaluation.report.histogram import Series, bin_edges, histogram_svg
+from drsformer.evaluation.report.thumbnails import Thumbnails
 from drsformer.metrics import evaluate_pair
-from drsformer.report import SCORES_FILE, write_report
-from drsformer.report.histogram import Series, bin_edges, histogram_svg
-from drsformer.report.thumbnails import Thumbnails
-from drsformer.test import load_options
 
 
 class Page(HTMLParser):

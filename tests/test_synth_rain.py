@@ -8,8 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
+from drsformer.commands.synth_rain import add_arguments, run
 from drsformer.data.io import ImageReadError, read_image, write_image
-from drsformer.data.synth_rain import add_arguments, add_rain, line_kernel, make_example_strip, run, synthesize_folder
+from drsformer.data.synth_rain import add_rain, line_kernel, make_example_strip, synthesize_folder
 
 
 def photo(height: int = 96, width: int = 128, seed: int = 0) -> np.ndarray:

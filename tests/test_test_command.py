@@ -18,12 +18,12 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from drsformer import benchmarks
 from drsformer.archs import DRSformer
 from drsformer.cli import main
+from drsformer.config.testing import load_options
 from drsformer.data.io import read_image, write_image
 from drsformer.errors import ConfigError
 from drsformer.metrics import evaluate_pair
 from drsformer.metrics.matlab import rgb_to_y
 from drsformer.metrics.skimage_protocol import luma
-from drsformer.test import load_options
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = [(37, 45), (24, 33), (40, 40)]  # odd sizes: the model pads to 40 x 48, 24 x 40

@@ -8,10 +8,10 @@ import pytest
 from conftest import DATA
 
 from drsformer.cli import main
+from drsformer.config.testing import load_options
 from drsformer.data.io import read_image, to_uint8, write_image
 from drsformer.data.synth_rain import add_rain
 from drsformer.metrics import noref
-from drsformer.test import load_options
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -624,7 +624,7 @@ def test_a_training_step_reads_from_the_device_once(tmp_path, monkeypatch) -> No
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from drsformer.engine.trainer import StopRequest
+    from drsformer.engine.signals import StopRequest
 
     def count() -> None:
         if not any("torch/utils/data" in frame.filename for frame in traceback.extract_stack()):

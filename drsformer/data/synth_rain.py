@@ -8,7 +8,6 @@ randomness comes from the ``rng`` passed in, so a seed reproduces the output byt
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import zlib
@@ -214,33 +213,3 @@ def make_example_strip(clean: np.ndarray, seed: int = 0, panel_width: int = 320)
             cv2.putText(small, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, thickness, cv2.LINE_AA)
         strip += [small, gap]
     return np.concatenate(strip[:-1], axis=1)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``drsformer synth-rain``."""
-    parser.add_argument("--clean", required=True, metavar="DIR", help="folder of clean images")
-    parser.add_argument("--out", required=True, metavar="DIR", help="writes DIR/input (rainy) and DIR/target (clean)")
-    parser.add_argument("--density", choices=list(DENSITIES), default="medium")
-    parser.add_argument("--angle", type=float, metavar="DEG", help="degrees from vertical (default: random -30..30)")
-    parser.add_argument("--length", type=float, metavar="PX", help="streak length (default: 4-9%% of shorter side)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--blend", choices=BLENDS, default="screen")
-    parser.add_argument("--haze", type=float, metavar="F", help="veil strength 0..1 (default: by density)")
-    parser.add_argument("--per-image", type=int, default=1, metavar="N", help="rainy versions of each image")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Runs ``synth-rain`` from parsed arguments; prints a one-line summary and returns 0."""
-    count = synthesize_folder(
-        args.clean,
-        args.out,
-        density=args.density,
-        angle=args.angle,
-        length=args.length,
-        seed=args.seed,
-        blend=args.blend,
-        haze=args.haze,
-        per_image=args.per_image,
-    )
-    print(f"wrote {count} {args.density} rain pairs to {args.out}/input and {args.out}/target")
-    return 0

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..config import TRAIN_LOADER_KEYS, VAL_LOADER_KEYS
+from ..config.training import TRAIN_LOADER_KEYS, VAL_LOADER_KEYS
 from ..data.io import read_image
 from ..data.sampler import ProgressiveBatchSampler, Stage, progressive_schedule, sample_seed
 from ..errors import ConfigError, DrsformerError

@@ -1,4 +1,5 @@
-"""The policy for bad steps: what counts as bad, when to roll back, and to which state.
+"""The policy for bad steps: what counts as bad, when to roll back, and to which state (:class:`Guard`); and
+carrying it out: reporting dropped steps, reloading the state (:class:`Recovery`).
 
 * A step whose loss is not finite is **bad**, in every precision; so is one with a non-finite gradient in fp32
   or bf16. Its update is dropped.
@@ -16,6 +17,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..errors import TrainingError
+from . import distributed
+from .logger import RunLogger
+from .state import Parts, Progress, StateKeeper
+from .step import LOSS_SCALE_FLOOR
 
 
 @dataclass(frozen=True)
@@ -80,3 +87,60 @@ class Guard:
     def describe(self, iteration: int) -> str:
         """``iterations 5..8`` of the open streak, for messages."""
         return f"iterations {self.streak_start}..{iteration}"
+
+
+class Recovery:
+    """Carries out the policy: reports each dropped step, and rolls a streak back to the newest state saved before
+    it, with half the learning rate, at most ``max_rollbacks`` times."""
+
+    def __init__(self, guard: Guard, keeper: StateKeeper, logger: RunLogger, max_rollbacks: int) -> None:
+        self.guard, self.keeper, self.logger, self.max_rollbacks = guard, keeper, logger, max_rollbacks
+
+    def report(self, iteration: int, verdict: Verdict, loss: float, grad_norm: float, progress: Progress,
+               scale: float | None) -> None:  # fmt: skip
+        """Counts a skipped or bad step in ``progress`` and says so in the log."""
+        if verdict.skipped:
+            progress.skipped_steps_total += 1
+            self.logger.info(
+                f"iteration {iteration}: the fp16 gradient scaler skipped the step (gradient overflow; scale now "
+                f"{scale:g}); {self.guard.skipped_in_row} in a row, {progress.skipped_steps_total} in all"
+            )
+            self.logger.record("skip", iteration, {"reason": "fp16 overflow", "loss": loss, "scale": scale})
+        if verdict.bad:
+            progress.bad_steps_total += 1
+            self.logger.warning(
+                f"iteration {iteration}: {verdict.cause} (loss {loss}, grad norm {grad_norm}); step skipped "
+                f"({self.guard.bad_in_row} in a row, {progress.bad_steps_total} in all)"
+            )
+            self.logger.record("skip", iteration, {"reason": verdict.cause, "loss": loss, "grad_norm": grad_norm})
+
+    def roll_back(self, iteration: int, reason: str, progress: Progress, parts: Parts) -> Progress:
+        """Reloads the newest state from before the open streak into ``parts``; returns the progress to go on
+        with (the state's, with the run's counters and the learning rate halved). A streak before any save, or
+        one more than ``max_rollbacks`` allow, is a :class:`TrainingError` that says what to change."""
+        guard = self.guard
+        what = f"{guard.describe(iteration)}: {reason}"
+        found = self.keeper.newest(at_most=guard.rollback_target())
+        if found is None:
+            raise TrainingError(
+                f"{what}, before any checkpoint was saved; lower train.optim_g.lr, set train.use_grad_clip: true, "
+                "or try train.precision: fp32/bf16"
+            )
+        if progress.rollbacks >= self.max_rollbacks:
+            raise TrainingError(
+                f"{what} again after {progress.rollbacks} rollback(s) with halved learning rates; stopping. The last "
+                f"good state is {found[0]}; lower train.optim_g.lr or check the data"
+            )
+        distributed.barrier()
+        restored = self.keeper.apply(found[1], found[0], parts)
+        restored.rollbacks, restored.lr_factor = progress.rollbacks + 1, progress.lr_factor * 0.5
+        restored.bad_steps_total, restored.skipped_steps_total = progress.bad_steps_total, progress.skipped_steps_total
+        stepper = parts.stepper
+        if stepper.scaler.is_enabled() and stepper.scale() < LOSS_SCALE_FLOOR:
+            stepper.reset_scaler()
+        guard.close()
+        self.logger.warning(
+            f"{what}; reloaded {found[0].name} (iteration {restored.iteration}) and halved the learning rate "
+            f"(factor {restored.lr_factor:g}, rollback {restored.rollbacks} of at most {self.max_rollbacks})"
+        )
+        return restored

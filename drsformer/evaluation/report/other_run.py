@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.io import list_images, name_list
-from ..errors import ConfigError, EvaluationError, MissingPathError
-from ..files import write_bytes_atomic
-from ..metrics.evaluate import score_pair
+from ...data.io import list_images, name_list
+from ...errors import ConfigError, EvaluationError, MissingPathError
+from ...files import write_bytes_atomic
+from ..folders import score_pair
 
 SCORES_FILE = "scores.json"
 

@@ -1,33 +1,31 @@
-"""``drsformer bench``: time the model, and compare the fast path with the paper's reference formulation.
+"""Timing the model (what ``drsformer bench`` runs): inference, or a training step, and the fast path against the
+paper's reference formulation.
 
-Method: build the model once, warm up, then time ``repeat`` iterations one by one (CUDA events on GPU, the
-monotonic clock on CPU) and report the median. With two paths (``--compare``) the timed iterations alternate
-between them, so a slow drift of the machine affects both equally.
+Method: build the model once, warm up, then time ``repeat`` iterations one by one (CUDA events on the stream of
+the model's GPU, the monotonic clock on CPU) and report the median. With two paths the timed iterations
+alternate between them, so a slow drift of the machine affects both equally. A training step is the trainer's
+own (:class:`drsformer.engine.step.Stepper`: autocast, the fp16 gradient scaler, an AdamW step).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
+import itertools
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .archs import DRSformer
-from .archs.drsformer import IMPL_PARTS, IMPLS
-from .cli import add_model_arguments, model_from_args, parse_size
-from .devices import resolve_device
-from .errors import ConfigError
-from .memory import peak_mb, prefer_huge_pages, reset_peak
-from .precision import PRECISIONS, autocast, needs_grad_scaler
+from .archs.drsformer import IMPL_PARTS
+from .engine.step import StepOptions, Stepper
+from .memory import peak_mb, reset_peak
+from .precision import autocast
 
 
 @dataclass
@@ -74,23 +72,22 @@ class _Runner:
         self.image = image
         self.model = model.set_activation_checkpointing(settings.activation_checkpointing)
         self.autocast = autocast(self.device, settings.precision)
-        self.net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if settings.compile else model
+        self.net: torch.nn.Module = torch.compile(model) if settings.compile else model
         if settings.mode == "train":
             model.train()
-            self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            self.scaler = torch.amp.GradScaler(self.device.type, enabled=needs_grad_scaler(settings.precision))
-            self.target = torch.rand_like(image)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+            options = StepOptions(settings.precision, None, memory_format, {"mixup": False}, settings.seed, 0)
+            self.stepper = Stepper(model, self.net, optimizer, torch.nn.L1Loss(), options, self.device)
+            batch = {"lq": image, "gt": torch.rand_like(image)}
+            self.batches = itertools.repeat(batch)
         else:
             model.eval()
 
     def step(self) -> None:
         if self.settings.mode == "train":
-            self.optimizer.zero_grad(set_to_none=True)
-            with self.autocast:
-                loss = F.l1_loss(self.net(self.image), self.target)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self.stepper.accumulate(self.batches, accum=1, micro_start=0)
+            self.stepper.finish(True)
         else:
             with torch.inference_mode(), self.autocast:
                 self.net(self.image)
@@ -261,86 +258,3 @@ def to_json(settings: BenchSettings, results: list[BenchResult], difference: flo
         "max_output_difference": difference,
     }
     return json.dumps(payload, indent=2)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    parser.add_argument("--size", type=parse_size, default=(128, 128), help="N or HxW (default 128)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument(
-        "--mode",
-        choices=["infer", "train"],
-        default="infer",
-        help="infer: forward only; train: forward + L1 loss + backward + AdamW step",
-    )
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument(
-        "--precision",
-        choices=list(PRECISIONS),
-        default="fp32",
-        help="bf16/fp16 run under torch.autocast (fp16 training with a GradScaler)",
-    )
-    parser.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
-    parser.add_argument("--channels-last", action="store_true", help="model and input in channels-last layout")
-    parser.add_argument(
-        "--activation-checkpointing",
-        action="store_true",
-        help="recompute each Transformer block in the backward pass (train mode: less memory, more time)",
-    )
-    parser.add_argument(
-        "--impl",
-        choices=IMPLS,
-        default="fast",
-        help="which implementation to time: the fast path or the paper's plain formulation (of --parts)",
-    )
-    parser.add_argument(
-        "--parts",
-        default=",".join(IMPL_PARTS),
-        help=f"comma-separated parts --impl (and --compare's reference path) applies to; the others run fast "
-        f"(default: all of {','.join(IMPL_PARTS)})",
-    )
-    parser.add_argument(
-        "--compare",
-        action="store_true",
-        help="time reference and fast paths on the same weights; print speed-up and max difference",
-    )
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.mode == "infer":  # as derain and test do
-        prefer_huge_pages()
-    args.device = str(resolve_device(args.device))
-    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
-    unknown = [p for p in parts if p not in IMPL_PARTS]
-    if unknown or not parts:
-        raise ConfigError(f"--parts: unknown part(s) {', '.join(unknown) or '(none given)'}; choose from {IMPL_PARTS}")
-    torch.manual_seed(args.seed)
-    model, source = model_from_args(args)
-    settings = BenchSettings(
-        height=args.size[0],
-        width=args.size[1],
-        batch=args.batch,
-        mode=args.mode,
-        device=args.device,
-        precision=args.precision,
-        compile=args.compile,
-        channels_last=args.channels_last,
-        warmup=args.warmup,
-        repeat=args.repeat,
-        seed=args.seed,
-        parts=parts,
-        activation_checkpointing=args.activation_checkpointing,
-    )
-    paths = ["reference", "fast"] if args.compare else [args.impl]
-    print(f"benchmarking {source}; {args.warmup} warm-up + {args.repeat} timed iterations per path", flush=True)
-    results, difference = run_paths(model, settings, paths)
-    print(format_table(settings, results, difference))
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(to_json(settings, results, difference, model.config))
-        print(f"wrote {args.json}")
-    return 0

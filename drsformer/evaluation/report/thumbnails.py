@@ -9,8 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..data.io import read_image, to_uint8, write_image
-from ..files import write_bytes_atomic
+from ...data.io import read_image, to_uint8, write_image
+from ...files import write_bytes_atomic
 
 LONG_SIDE = 256  # pixels on the long side; the page shows them at most 180 pixels wide (sharp on HiDPI screens)
 EXTENSION = ".jpg"  # JPEG: OpenCV encodes it ~20x faster than WebP and every browser and mail client opens it

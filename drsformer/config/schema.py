@@ -15,8 +15,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
-from .registry import Registry, check_kwargs, suggest
+from ..errors import ConfigError
+from ..registry import Registry, check_kwargs, suggest
 
 REQUIRED = object()
 

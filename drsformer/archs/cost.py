@@ -1,16 +1,13 @@
-"""``drsformer info``: the architecture a model or checkpoint has, its size and its cost."""
+"""A model's size and cost: parameters, and FLOPs counted on shapes only (what ``drsformer info`` prints)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .archs import DRSformer
-from .cli import add_model_arguments, model_from_args, parse_size
+from .drsformer import DRSformer
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -56,16 +53,3 @@ def format_description(info: dict[str, Any], source: str = "") -> str:
         f"  {'':<22} {info['flops_fast_path'] / 1e9:.2f} G executed by the fast path",
     ]
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    parser.add_argument("--size", type=parse_size, default=(256, 256), help="input size for FLOPs: N or HxW")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-
-
-def run(args: argparse.Namespace) -> int:
-    model, source = model_from_args(args)
-    info = describe(model, *args.size)
-    print(json.dumps(info, indent=2) if args.json else format_description(info, source))
-    return 0

@@ -2,7 +2,7 @@
 
 The page is built from what ``drsformer test`` already has (the dataset's JSON entry, its input/target pairs,
 the folder of restored images); nothing here runs a model. See :func:`write_report` for the page and
-:mod:`drsformer.report.other_run` for ``--compare-to``.
+:mod:`drsformer.evaluation.report.other_run` for ``--compare-to``.
 """
 
 from .build import PAGE, THUMBS, report_dataset, write_report

@@ -8,8 +8,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..errors import ImageReadError, ImageWriteError
-from ..files import write_bytes_atomic
+from ...errors import ImageReadError, ImageWriteError
+from ...files import write_bytes_atomic
 from .model import Picture, Row, columns_for, metrics_present, sort_column, worst_first
 from .other_run import OtherRun, load_other_run
 from .page import PageInfo, render
@@ -105,7 +105,7 @@ def report_dataset(
     progress: bool = False,
 ) -> Path:
     """:func:`write_report`, with the other run read from ``compare_to/<name>/`` when given (see
-    :mod:`drsformer.report.other_run`)."""
+    :mod:`drsformer.evaluation.report.other_run`)."""
     other = None
     if compare_to is not None:
         other = load_other_run(Path(compare_to), entry["name"], entry["protocol"], pairs)
