@@ -65,16 +65,13 @@ def truncations(data: bytes, count: int) -> Iterator[bytes]:
 
 
 @pytest.fixture(scope="module")
-def tiny_weights() -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    return DRSformer(**TINY).state_dict()
+def tiny_weights(weights) -> dict[str, torch.Tensor]:
+    return torch.load(weights, weights_only=True)["params"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint_bytes(tiny_weights) -> bytes:
-    buffer = io.BytesIO()
-    torch.save({"params": tiny_weights}, buffer)
-    return buffer.getvalue()
+def checkpoint_bytes(weights) -> bytes:
+    return weights.read_bytes()
 
 
 def _weights_of(path: Path) -> dict[str, torch.Tensor]:

@@ -75,10 +75,8 @@ def test_custom_architecture_is_inferred() -> None:
 
 
 @pytest.fixture
-def good_file(tmp_path):
-    path = tmp_path / "good.pth"
-    torch.save({"params": DRSformer(**TINY).state_dict()}, path)
-    return path
+def good_file(weights):
+    return weights
 
 
 def test_truncated_file(tmp_path, good_file) -> None:

@@ -1,23 +1,18 @@
 """Per-sample randomness: crops and flips depend on (seed, rank, iteration, position) only."""
 
-import numpy as np
 import pytest
 import torch
+from conftest import inverted, make_pairs
 from torch.utils.data import DataLoader, DistributedSampler
 
 from drsformer.data import PairedImageDataset, ProgressiveBatchSampler, progressive_schedule
-from drsformer.data.io import write_image
 from drsformer.data.paired import SkippedFiles
 from drsformer.data.sampler import check_resume_position, sample_seed
 from drsformer.errors import ConfigError
 
 
 def _pairs(root, n=5, size=(40, 48)):
-    rng = np.random.default_rng(1)
-    for i in range(n):
-        gt = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        write_image(root / "target" / f"{i}.png", gt)
-        write_image(root / "input" / f"{i}.png", 255 - gt)
+    make_pairs(root, n, size, seed=1, rain=inverted, levels=(0, 256))
     return PairedImageDataset(str(root / "input"), str(root / "target"), gt_size=16, geometric_augs=True)
 
 

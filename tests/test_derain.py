@@ -15,15 +15,6 @@ from drsformer.data.io import read_image_with_alpha, write_image
 from drsformer.inference import image_to_tensor, restore, tensor_to_image
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> tuple[Path, DRSformer]:
-    torch.manual_seed(0)
-    model = DRSformer(**TINY, mefc=False).eval()
-    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
-    torch.save({"params": model.state_dict()}, path)
-    return path, model
-
-
 def expected_rgb(model: DRSformer, rgb: np.ndarray, **options) -> np.ndarray:
     return tensor_to_image(restore(model, image_to_tensor(rgb), **options), rgb.dtype)
 

@@ -5,10 +5,10 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import DATA
+from conftest import DATA, make_pairs, noisy
 
 from drsformer.cli import main
-from drsformer.data.io import write_image
+from drsformer.data.io import read_image, write_image
 from drsformer.errors import EvaluationError
 from drsformer.evaluation.folders import evaluate_folders, pair_files
 from drsformer.metrics import evaluate_pair
@@ -17,15 +17,10 @@ IMAGES = DATA / "metric_images"
 
 
 def _folders(tmp_path, n: int = 5, size=(24, 30)):
-    rng = np.random.default_rng(0)
-    restored, gt = tmp_path / "restored", tmp_path / "gt"
-    images = {}
-    for i in range(n):
-        clean = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        noisy = np.clip(clean.astype(int) + rng.integers(-9, 10, clean.shape), 0, 255).astype(np.uint8)
-        write_image(gt / f"{i}.png", clean)
-        write_image(restored / f"{i}.png", noisy)
-        images[f"{i}.png"] = (noisy, clean)
+    """``restored/`` (the noisy inputs) and ``gt/``, and each pair's arrays by name."""
+    root = make_pairs(tmp_path / "set", n, size, rain=noisy(9), levels=(0, 256))
+    restored, gt = (root / "input").rename(tmp_path / "restored"), (root / "target").rename(tmp_path / "gt")
+    images = {p.name: (read_image(p), read_image(gt / p.name)) for p in sorted(restored.iterdir())}
     return restored, gt, images
 
 

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import make_pairs
 from torch.utils.data import DataLoader, DistributedSampler
 
 from drsformer.data.io import ImageReadError, read_image, to_float32, write_image
@@ -15,14 +16,8 @@ from drsformer.registry import DATASET_REGISTRY
 
 
 def _make_pairs(root, n=6, size=(40, 52), tmpl="{}"):
-    rng = np.random.default_rng(0)
-    lq_dir, gt_dir = root / "input", root / "target"
-    for i in range(n):
-        gt = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        lq = np.clip(gt.astype(int) + 40, 0, 255).astype(np.uint8)  # input = target + 40, clipped
-        write_image(gt_dir / f"img{i}.png", gt)
-        write_image(lq_dir / f"{tmpl.format(f'img{i}')}.png", lq)
-    return lq_dir, gt_dir
+    make_pairs(root, n, size, name="img{i}", input_name=tmpl, levels=(0, 256))  # input = target + 40, clipped
+    return root / "input", root / "target"
 
 
 def test_crops_and_augmentations_are_identical_on_both_images(tmp_path) -> None:

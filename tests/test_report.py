@@ -12,10 +12,8 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pytest
-import torch
-from conftest import TINY
+from conftest import make_pairs, noisy, save_tiny
 
-from drsformer.archs import DRSformer
 from drsformer.cli import main
 from drsformer.config.testing import load_options
 from drsformer.data.io import read_image, write_image
@@ -101,25 +99,13 @@ def column(page: Page, label: str) -> tuple[str, int]:
 
 def make_set(root: Path, noise=(5, 40, 15, 80), size=(24, 32)) -> Path:
     """Pairs whose rainy inputs differ in how noisy they are, so their scores differ."""
-    rng = np.random.default_rng(0)
-    for i, amount in enumerate(noise):
-        clean = rng.integers(40, 216, (*size, 3), dtype=np.uint8)
-        rainy = np.clip(clean.astype(int) + rng.integers(-amount, amount + 1, clean.shape), 0, 255).astype(np.uint8)
-        write_image(root / "target" / f"im{i}.png", clean)
-        write_image(root / "input" / f"im{i}.png", rainy)
-    return root
-
-
-def save_weights(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    torch.save({"params": DRSformer(**TINY).state_dict()}, path)
-    return path
+    return make_pairs(root, len(noise), size, rain=noisy(*noise), name="im{i}", levels=(40, 216))
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("weights")
-    return save_weights(folder / "a.pth", 0), save_weights(folder / "b.pth", 1)
+    return save_tiny(folder / "a.pth", seed=0)[0], save_tiny(folder / "b.pth", seed=1)[0]
 
 
 def run_test(weights: Path, data: Path, out: Path, *extra: str) -> tuple[int, dict]:

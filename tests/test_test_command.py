@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import TINY
+from conftest import TINY, make_pairs, noisy
 from skimage import img_as_ubyte
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -31,13 +31,7 @@ SIZES = [(37, 45), (24, 33), (40, 40)]  # odd sizes: the model pads to 40 x 48, 
 
 def make_set(root: Path, sizes=SIZES, seed: int = 0) -> Path:
     """input/ and target/ with equal names: a clean image and a noisier copy as the rainy one."""
-    rng = np.random.default_rng(seed)
-    for i, (h, w) in enumerate(sizes):
-        clean = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        rainy = np.clip(clean.astype(int) + rng.integers(0, 60, clean.shape), 0, 255).astype(np.uint8)
-        write_image(root / "target" / f"im{i}.png", clean)
-        write_image(root / "input" / f"im{i}.png", rainy)
-    return root
+    return make_pairs(root, seed=seed, rain=noisy(59, low=0), sizes=sizes, name="im{i}", levels=(0, 256))
 
 
 def authors_procedure(model: torch.nn.Module, rainy: np.ndarray) -> np.ndarray:
