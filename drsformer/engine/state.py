@@ -2,7 +2,7 @@
 the best weights), and putting one back for a resume or a rollback.
 
 A state is saved only by the main process, only between steps and never while a bad streak is open (see
-:mod:`drsformer.engine.guard`); the files are written atomically (:mod:`drsformer.engine.checkpoint`).
+:mod:`drsformer.engine.guard`); the files are written atomically (:mod:`drsformer.files`).
 """
 
 from __future__ import annotations
