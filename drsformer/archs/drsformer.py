@@ -214,7 +214,7 @@ class Upsample(nn.Module):
 
 
 # The modules with a fast and a reference implementation (an ``impl`` attribute).
-_Switchable = TopKSparseAttention | MixedScaleFeedForward | MEFC | LayerNorm
+Switchable = TopKSparseAttention | MixedScaleFeedForward | MEFC | LayerNorm
 
 
 def _stage(n: int, dim: int, heads: int, ffn: float, bias: bool, norm: str, impl: str) -> nn.Sequential:
@@ -312,7 +312,7 @@ class DRSformer(nn.Module):
         """Switches ``parts`` (attention, ffn, mefc, norm, layout) to the ``fast`` or ``reference`` implementation."""
         if impl not in IMPLS:
             raise ConfigError(f"impl must be one of {IMPLS}, got {impl!r}")
-        kinds: dict[str, type[_Switchable]] = {
+        kinds: dict[str, type[Switchable]] = {
             "attention": TopKSparseAttention,
             "ffn": MixedScaleFeedForward,
             "mefc": MEFC,
