@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -121,7 +121,7 @@ def sums_radius(step: Step, module: nn.Module) -> int:
     return module.query_key_radius()
 
 
-def supports(model: nn.Module) -> bool:
+def supports(model: nn.Module) -> TypeGuard[DRSformer]:
     """Whether :class:`ExactTiler` knows how to run ``model``."""
     return isinstance(model, DRSformer)
 
