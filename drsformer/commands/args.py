@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..precision import PRECISIONS
 
 if TYPE_CHECKING:
-    from ..archs import DRSformer  # imported where used, as the other archs imports here
+    from ..archs import DRSformer  # for annotations; the functions import archs when they run
 
 WEIGHTS_KEY_HELP = (
     "weights inside the checkpoint: params or params_ema (default: the ones its training run validated, "
