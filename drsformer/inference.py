@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 from torch import Tensor, nn
 
 from . import tiling
@@ -81,10 +82,11 @@ def _ensemble(forward: Callable[[Tensor], Tensor], x: Tensor, self_ensemble: boo
     """``forward`` (or its 8-fold self-ensemble) on one batch, as float32."""
     if not self_ensemble:
         return forward(x).float()
-    total = None
+    total: Tensor | None = None
     for transform, inverse in DIHEDRAL:
         out = inverse(forward(transform(x)).float())
         total = out if total is None else total.add_(out)
+    assert total is not None  # eight passes
     return total / len(DIHEDRAL)
 
 
@@ -132,12 +134,13 @@ def restore(
     def cast() -> torch.autocast:
         return autocast(device, settings.precision)
 
-    if settings.tile is not None and tiling.supports(model):
+    tile = settings.tile
+    if tile is not None and tiling.supports(model):
         # Decided once for all 8 passes of a self-ensemble, so that every pass returns on the same device.
         where = tiling.resolve_storage(model, tuple(image.shape), storage)
 
         def forward(x: Tensor) -> Tensor:
-            return tiling.tiled_forward(model, x, settings.tile, cast, storage=where, progress=progress)
+            return tiling.tiled_forward(model, x, tile, cast, storage=where, progress=progress)
 
         with no_cudnn_autotuning():
             out = _ensemble(forward, image, settings.self_ensemble)
@@ -182,7 +185,7 @@ def image_to_tensor(image: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(scale).unsqueeze(0)
 
 
-def tensor_to_image(tensor: Tensor, dtype: type = np.uint8) -> np.ndarray:
+def tensor_to_image(tensor: Tensor, dtype: DTypeLike = np.uint8) -> np.ndarray:
     """H x W x C uint8 (or uint16) array from a C x H x W (or 1 x C x H x W) float tensor in [0, 1].
 
     Rounds ``x * 255`` (or 65535) half to even in float32, as ``skimage.img_as_ubyte`` does.

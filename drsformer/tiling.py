@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from .archs.attention import AttentionSums, attention_sums
-from .archs.drsformer import DRSformer
-from .archs.mefc import conv_radius
+from .archs.drsformer import Downsample, DRSformer, OverlapPatchEmbed, TransformerBlock, Upsample
+from .archs.mefc import MEFC, conv_radius
 from .archs.padding import crop_to, pad_to_multiple
 from .archs.unet import SIZE_MULTIPLE, Step
 
@@ -94,19 +96,32 @@ def level_tile(tile: int, level: int) -> int:
 def step_radius(step: Step, module: nn.Module) -> int:
     """Pixels around each output pixel that a step reads from its input, in the input's own level."""
     if step.kind == "block":
+        assert isinstance(module, TransformerBlock)  # each step kind runs one kind of module
         return module.receptive_radius()
     if step.kind == "mefc":
+        assert isinstance(module, MEFC)
         return module.receptive_radius()
-    conv = module.body[0] if step.kind in ("down", "up") else module.proj if step.kind == "embed" else module
+    if step.kind in ("down", "up"):
+        assert isinstance(module, (Downsample, Upsample))
+        conv = module.body[0]
+    elif step.kind == "embed":
+        assert isinstance(module, OverlapPatchEmbed)
+        conv = module.proj
+    else:
+        conv = module
+    assert isinstance(conv, nn.Conv2d)
     return conv_radius(conv)
 
 
 def sums_radius(step: Step, module: nn.Module) -> int:
     """Pixels around each position that the global sums of a step read (q and k's 3x3 depthwise conv)."""
-    return module.query_key_radius() if step.kind == "block" else 0
+    if step.kind != "block":
+        return 0
+    assert isinstance(module, TransformerBlock)
+    return module.query_key_radius()
 
 
-def supports(model: nn.Module) -> bool:
+def supports(model: nn.Module) -> TypeGuard[DRSformer]:
     """Whether :class:`ExactTiler` knows how to run ``model``."""
     return isinstance(model, DRSformer)
 
@@ -226,7 +241,7 @@ class ExactTiler:
         self,
         model: DRSformer,
         tile: int,
-        autocast: Callable[[], object],
+        autocast: Callable[[], AbstractContextManager[Any]],
         storage: str = "auto",
         progress: bool = False,
         auto_fraction: float = AUTO_FRACTION,
@@ -348,11 +363,13 @@ class ExactTiler:
         return self._map(1, lambda w: self._local(module, x, w, radius) + self._to_device(w.cut(image)), x)
 
     def _mefc(self, step: Step, module: nn.Module, x: Tensor, saved: dict[str, Tensor]) -> Tensor:
+        assert isinstance(module, MEFC)  # each step kind runs one kind of module
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        total = None
+        total: Tensor | None = None
         for window in self._windows(x, step.level):
             part = window.cut(x).to(self.device, non_blocking=True).sum(dim=(2, 3), dtype=dtype)
             total = part if total is None else total + part
+        assert total is not None  # a map has at least one window
         mean = (total / (x.shape[-2] * x.shape[-1])).to(x.dtype)
         with self.autocast():
             weights = module.route(mean)
@@ -360,6 +377,7 @@ class ExactTiler:
         return self._map(step.level, lambda w: self._local(lambda t: module.compensate(t, weights), x, w, radius), x)
 
     def _block(self, step: Step, module: nn.Module, x: Tensor, saved: dict[str, Tensor]) -> Tensor:
+        assert isinstance(module, TransformerBlock)
         radius_qk = sums_radius(step, module)
         sums: AttentionSums | None = None
         for window in self._windows(x, step.level):
@@ -368,10 +386,14 @@ class ExactTiler:
                 q, k = module.query_key(self._to_device(source.cut(x)))
             part = attention_sums(window.inside(source, q).flatten(-2), window.inside(source, k).flatten(-2))
             sums = part if sums is None else sums + part
+        assert sums is not None  # a map has at least one window
         radius = step_radius(step, module)
-        return self._map(step.level, lambda w: self._local(lambda t: module.apply(t, sums), x, w, radius), x)
+        return self._map(
+            step.level, lambda w: self._local(lambda t: module.forward_with_sums(t, sums), x, w, radius), x
+        )
 
     def _down(self, step: Step, module: nn.Module, x: Tensor, saved: dict[str, Tensor]) -> Tensor:
+        assert isinstance(module, Downsample)
         conv, unshuffle = module.body
         radius = step_radius(step, module)
 
@@ -381,6 +403,7 @@ class ExactTiler:
         return self._map(step.level, compute, x)
 
     def _up(self, step: Step, module: nn.Module, x: Tensor, saved: dict[str, Tensor]) -> Tensor:
+        assert isinstance(module, Upsample) and step.skip is not None  # every up step names its skip
         conv, shuffle = module.body
         radius = step_radius(step, module)
         skip = saved.pop(step.skip)
@@ -397,6 +420,8 @@ class ExactTiler:
         return out
 
 
-def tiled_forward(model: DRSformer, image: Tensor, tile: int, autocast: Callable[[], object], **options) -> Tensor:
+def tiled_forward(
+    model: DRSformer, image: Tensor, tile: int, autocast: Callable[[], AbstractContextManager[Any]], **options
+) -> Tensor:
     """``model(image)``, computed by :class:`ExactTiler` (see there for ``options``)."""
     return ExactTiler(model, tile, autocast, **options)(image)

@@ -16,13 +16,14 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from .archs import DRSformer
-from .archs.drsformer import IMPL_PARTS
+from .archs.drsformer import IMPL_PARTS, Switchable
 from .engine.step import StepOptions, Stepper
 from .memory import peak_mb, reset_peak
 from .precision import autocast
@@ -72,7 +73,7 @@ class _Runner:
         self.image = image
         self.model = model.set_activation_checkpointing(settings.activation_checkpointing)
         self.autocast = autocast(self.device, settings.precision)
-        self.net: torch.nn.Module = torch.compile(model) if settings.compile else model
+        self.net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if settings.compile else model
         if settings.mode == "train":
             model.train()
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -143,7 +144,7 @@ class _Runner:
         }
 
 
-def _part_types() -> dict[str, type]:
+def _part_types() -> dict[str, type[Switchable]]:
     from .archs.attention import TopKSparseAttention
     from .archs.drsformer import LayerNorm, MixedScaleFeedForward
     from .archs.mefc import MEFC
@@ -176,7 +177,9 @@ def _run_paths(
     runners = []
     for path in paths:
         replica = copy.deepcopy(model) if len(paths) > 1 else model
-        replica = replica.set_impl("fast").set_impl(path, settings.parts).to(device, memory_format=memory_format)
+        replica = replica.set_impl("fast").set_impl(path, settings.parts)
+        # Module.to takes a device and a memory_format together at run time; its typed overloads leave that out.
+        replica = replica.to(device, memory_format=memory_format)  # type: ignore[call-overload]
         runners.append(_Runner(path, replica, settings, image))
     results = [BenchResult(r.name) for r in runners]
 

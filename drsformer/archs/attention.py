@@ -61,7 +61,7 @@ class AttentionSums(NamedTuple):
     q_squares: Tensor  # sum_n q[c, n]^2
     k_squares: Tensor
 
-    def __add__(self, other: object) -> AttentionSums:  # type: ignore[override]
+    def __add__(self, other: object) -> AttentionSums:
         if not isinstance(other, AttentionSums):
             return NotImplemented
         return AttentionSums(*(a + b for a, b in zip(self, other, strict=True)))
@@ -118,6 +118,7 @@ def sparse_attention_reference(q: Tensor, k: Tensor, v: Tensor, temperature: Ten
         probs = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1)
         term = (probs.to(v.dtype) @ v) * weight
         out = term if out is None else out + term
+    assert out is not None  # four top-k terms
     return out
 
 
@@ -129,6 +130,7 @@ def sparse_attention_weights_reference(scores: Tensor, mix: Sequence[Tensor]) ->
         keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, index, True)
         term = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1) * weight
         out = term if out is None else out + term
+    assert out is not None  # four top-k terms
     return out
 
 
@@ -145,6 +147,7 @@ def sparse_attention_weights(scores: Tensor, mix: Sequence[Tensor]) -> Tensor:
         kept = shifted * keep
         term = keep * (weight / kept.sum(dim=-1, keepdim=True))
         coefficient = term if coefficient is None else coefficient + term
+    assert coefficient is not None  # four top-k terms
     return shifted * coefficient
 
 

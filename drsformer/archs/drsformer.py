@@ -13,6 +13,7 @@ layer norm are much faster; CUDA inputs keep the layout they come in.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -169,7 +170,7 @@ class TransformerBlock(nn.Module):
     def query_key_radius(self) -> int:
         return conv_radius(self.attn.qkv_dwconv)
 
-    def apply(self, x: Tensor, sums: AttentionSums) -> Tensor:
+    def forward_with_sums(self, x: Tensor, sums: AttentionSums) -> Tensor:
         """The block's output given the attention sums of its whole input; reads :meth:`receptive_radius` pixels."""
         _, _, v = self.attn.project_qkv(self.norm1(x))
         x = x + self.attn.apply_weights(self.attn.weights(sums), v)
@@ -210,6 +211,10 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
+
+
+# The modules with a fast and a reference implementation (an ``impl`` attribute).
+Switchable = TopKSparseAttention | MixedScaleFeedForward | MEFC | LayerNorm
 
 
 def _stage(n: int, dim: int, heads: int, ffn: float, bias: bool, norm: str, impl: str) -> nn.Sequential:
@@ -260,7 +265,7 @@ class DRSformer(nn.Module):
         _check_sizes(inp_channels, out_channels, dim, num_blocks, heads, ffn_expansion_factor)
         if impl not in IMPLS:
             raise ConfigError(f"impl must be one of {IMPLS}, got {impl!r}")
-        self.config = dict(
+        self.config: dict[str, Any] = dict(
             inp_channels=inp_channels,
             out_channels=out_channels,
             dim=dim,
@@ -307,7 +312,12 @@ class DRSformer(nn.Module):
         """Switches ``parts`` (attention, ffn, mefc, norm, layout) to the ``fast`` or ``reference`` implementation."""
         if impl not in IMPLS:
             raise ConfigError(f"impl must be one of {IMPLS}, got {impl!r}")
-        kinds = {"attention": TopKSparseAttention, "ffn": MixedScaleFeedForward, "mefc": MEFC, "norm": LayerNorm}
+        kinds: dict[str, type[Switchable]] = {
+            "attention": TopKSparseAttention,
+            "ffn": MixedScaleFeedForward,
+            "mefc": MEFC,
+            "norm": LayerNorm,
+        }
         parts = list(parts)
         for part in parts:
             if part not in IMPL_PARTS:
@@ -334,6 +344,7 @@ class DRSformer(nn.Module):
         for step in self.plan:
             module = self.get_submodule(step.module)
             if step.kind == "up":
+                assert step.skip is not None  # every up step names its skip
                 y = torch.cat([module(y), saved.pop(step.skip)], dim=1)
                 if step.reduce is not None:
                     y = self.get_submodule(step.reduce)(y)

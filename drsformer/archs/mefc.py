@@ -32,6 +32,12 @@ def conv_radius(conv: nn.Conv2d) -> int:
     return conv.dilation[0] * (conv.kernel_size[0] - 1) // 2
 
 
+def _as_conv(module: nn.Module) -> nn.Conv2d:
+    """``module``, a convolution of a Sequential (whose items are typed as plain modules)."""
+    assert isinstance(module, nn.Conv2d)
+    return module
+
+
 def _depthwise(channels: int, kernel: int, dilation: int = 1) -> nn.Conv2d:
     pad = dilation * (kernel - 1) // 2
     return nn.Conv2d(channels, channels, kernel, padding=pad, dilation=dilation, groups=channels, bias=False)
@@ -58,7 +64,7 @@ class SeparableExpert(nn.Module):
         return self.op(x)
 
     def receptive_radius(self) -> int:
-        return conv_radius(self.op[0]) + conv_radius(self.op[3])
+        return conv_radius(_as_conv(self.op[0])) + conv_radius(_as_conv(self.op[3]))
 
 
 class DilatedExpert(nn.Module):
@@ -72,7 +78,7 @@ class DilatedExpert(nn.Module):
         return self.op(x)
 
     def receptive_radius(self) -> int:
-        return conv_radius(self.op[0])
+        return conv_radius(_as_conv(self.op[0]))
 
 
 class AveragePoolExpert(nn.Module):
@@ -102,6 +108,18 @@ class ExpertRouter(nn.Module):
         return self.from_mean(x.mean(dim=(2, 3)))
 
 
+def _as_convolving(module: nn.Module) -> SeparableExpert | DilatedExpert:
+    """``module``, one of the seven experts that end in a 1x1 conv (a ModuleList's items are typed as plain modules)."""
+    assert isinstance(module, (SeparableExpert, DilatedExpert))
+    return module
+
+
+def _as_expert(module: nn.Module) -> SeparableExpert | DilatedExpert | AveragePoolExpert:
+    """``module``, one of a step's eight experts."""
+    assert isinstance(module, (SeparableExpert, DilatedExpert, AveragePoolExpert))
+    return module
+
+
 class ExpertStep(nn.Module):
     """One step: 8 weighted experts, fused by 1x1 conv + ReLU (``_ops``, ``_out``)."""
 
@@ -121,17 +139,18 @@ class ExpertStep(nn.Module):
     def forward_fast(self, x: Tensor, weights: Tensor) -> Tensor:
         c = x.shape[1]
         ops = self._ops
+        convolving = [_as_convolving(op) for op in ops[:-1]]
         # Every expert up to (not including) its last 1x1 conv; the avg-pool expert has none.
-        features = [op.op[:-1](x) for op in ops[:-1]] + [ops[-1](x)]
+        features = [op.op[:-1](x) for op in convolving] + [ops[-1](x)]
         # Each expert's last 1x1 conv composed with its block of the fusing conv: fuse_i @ last_i (C x C).
-        fuse = self._out[0].weight.view(c, NUM_EXPERTS, c)
-        blocks = [fuse[:, i] @ op.op[-1].weight.view(c, c) for i, op in enumerate(ops[:-1])]
+        fuse = _as_conv(self._out[0]).weight.view(c, NUM_EXPERTS, c)
+        blocks = [fuse[:, i] @ _as_conv(op.op[-1]).weight.view(c, c) for i, op in enumerate(convolving)]
         composed = torch.stack(blocks + [fuse[:, -1]], dim=1).view(c, NUM_EXPERTS * c, 1, 1)
         scale = weights.repeat_interleave(c, dim=1)[:, :, None, None]
         return F.conv2d(torch.cat(features, dim=1).mul_(scale), composed).relu_()
 
     def receptive_radius(self) -> int:
-        return max(op.receptive_radius() for op in self._ops)
+        return max(_as_expert(op).receptive_radius() for op in self._ops)
 
 
 class ExpertPreprocess(nn.Module):
@@ -156,12 +175,17 @@ class ExpertSteps(nn.Module):
     def forward(self, x: Tensor, weights: Tensor, fast: bool) -> Tensor:
         x = self.preprocess(x)
         for i, step in enumerate(self._ops):
+            assert isinstance(step, ExpertStep)  # a ModuleList's items are typed as plain modules
             y = step.forward_fast(x, weights[:, i]) if fast else step.forward_reference(x, weights[:, i])
             x = (y + x).relu()
         return x
 
     def receptive_radius(self) -> int:
-        return sum(step.receptive_radius() for step in self._ops)  # the 1x1 preprocess reads one pixel
+        radius = 0  # the 1x1 preprocess reads one pixel
+        for step in self._ops:
+            assert isinstance(step, ExpertStep)
+            radius += step.receptive_radius()
+        return radius
 
 
 class MEFC(nn.Module):
@@ -179,7 +203,9 @@ class MEFC(nn.Module):
 
     def route(self, mean: Tensor) -> Tensor:
         """Expert weights (B, steps, experts) from the channel means (B, C) of the input."""
-        return self.layers[0].from_mean(mean).softmax(dim=-1)
+        router = self.layers[0]
+        assert isinstance(router, ExpertRouter)  # a ModuleList's items are typed as plain modules
+        return router.from_mean(mean).softmax(dim=-1)
 
     def compensate(self, x: Tensor, weights: Tensor) -> Tensor:
         return self.layers[1](x, weights, fast=self.impl == "fast")
@@ -189,4 +215,6 @@ class MEFC(nn.Module):
 
     def receptive_radius(self) -> int:
         """Pixels around each output pixel that :meth:`compensate` reads (24 for the published experts)."""
-        return self.layers[1].receptive_radius()
+        experts = self.layers[1]
+        assert isinstance(experts, ExpertSteps)
+        return experts.receptive_radius()

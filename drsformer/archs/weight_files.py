@@ -110,9 +110,9 @@ def save_safetensors(
             raise CheckpointError(f"{path}: cannot save {key!r}, a {type(value).__name__} and not a dense tensor")
         tensors[key] = value.detach().to("cpu", copy=True).contiguous()  # copies: no shared storage
     entries = {**(metadata or {}), "format": "pt", PARAMS_KEY_ENTRY: params_key}
-    for key, value in entries.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise CheckpointError(f"{path}: metadata entry {key!r} must map a string to a string, got {value!r:.40}")
+    for key, text in entries.items():
+        if not isinstance(key, str) or not isinstance(text, str):
+            raise CheckpointError(f"{path}: metadata entry {key!r} must map a string to a string, got {text!r:.40}")
     entries[DIGEST_ENTRY] = weights_digest(tensors, entries)
     data = encode(tensors, metadata=entries)
     write_atomic(path, lambda f: f.write(data))
@@ -128,7 +128,7 @@ def weights_digest(state: Mapping[str, Tensor], metadata: Mapping[str, str]) -> 
     for name in sorted(state):
         tensor = state[name].detach().to("cpu").contiguous()
         digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)  # the bytes, as a memoryview
     return digest.hexdigest()
 
 
@@ -186,7 +186,7 @@ def _checked_load(source: Any, name: str, map_location: str | torch.device) -> A
 def verify_zip_checksums(source: str | BinaryIO, name: str | None = None) -> None:
     """Reads every member of a zip-format checkpoint (a path or a seekable file object), which checks its
     CRC-32; legacy files pass unchecked."""
-    name = name or os.fspath(source)
+    name = name or (source if isinstance(source, str) else str(getattr(source, "name", "checkpoint data")))
     member = "the zip directory"
     try:
         if not zipfile.is_zipfile(source):

@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..precision import PRECISIONS
+
+if TYPE_CHECKING:
+    from ..archs import DRSformer  # for annotations; the functions import archs when they run
 
 WEIGHTS_KEY_HELP = (
     "weights inside the checkpoint: params or params_ema (default: the ones its training run validated, "
@@ -98,7 +99,7 @@ def add_model(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, dest=name, default=spec.pop("default", None), help=f"default {shown}", **spec)
 
 
-def model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str]:
+def model_from_args(args: argparse.Namespace) -> tuple[DRSformer, str]:
     """The model :func:`add_model`'s options describe, and a label for where it came from. A checkpoint's weights
     are chosen by the one rule (:func:`drsformer.archs.checkpoint.weights_key`); its note goes to stderr."""
     from ..archs import VARIANTS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -85,7 +85,7 @@ def _pad_symmetric(image: np.ndarray, size: int) -> np.ndarray:
     pad_h, pad_w = max(0, size - image.shape[0]), max(0, size - image.shape[1])
     if not pad_h and not pad_w:
         return image
-    mode = "symmetric" if pad_h <= image.shape[0] and pad_w <= image.shape[1] else "edge"
+    mode: Literal["symmetric", "edge"] = "symmetric" if pad_h <= image.shape[0] and pad_w <= image.shape[1] else "edge"
     return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
 
 
@@ -164,7 +164,7 @@ class PairedImageDataset(Dataset):
                 f"({copies} process(es) on this machine each keep a copy), above cache_limit_gb {limit_gb:g}; "
                 "set cache: false, or raise cache_limit_gb if the memory is there"
             )
-        cache = []
+        cache: list[tuple[np.ndarray, np.ndarray] | None] = []
         for i in tqdm(range(len(self.pairs)), desc=f"caching {self.name}", disable=get_worker_info() is not None):
             try:
                 cache.append(self._read_pair(i))
@@ -213,6 +213,7 @@ class PairedImageDataset(Dataset):
         raise ImageReadError(f"every pair of dataset {self.name} is unreadable")
 
     def __getitem__(self, item: int | tuple[int, ...]) -> dict[str, Any]:
+        crop: int | None
         if isinstance(item, tuple):
             index, crop, *seed = item
         else:
@@ -220,6 +221,7 @@ class PairedImageDataset(Dataset):
         found: list[str] = []
         index, lq, gt = self._load(index, found)
         if self.phase == "train":
+            assert crop is not None  # a training dataset has a gt_size
             seed_value = seed[0] if seed else int(torch.randint(2**62, ()))
             lq, gt = self._random_crop(lq, gt, crop, np.random.default_rng(seed_value), index)
         lq_path, gt_path = self.pairs[index]

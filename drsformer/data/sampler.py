@@ -39,7 +39,7 @@ class Stage:
 class SampleKey(NamedTuple):
     """What the dataset needs for one training sample: which pair, the crop size, and its own random seed."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the field named in the interface; it shadows tuple.index
     patch_size: int
     seed: int
 

@@ -98,7 +98,8 @@ def streak_layer(
     if sigma > 0:
         streaks = cv2.GaussianBlur(streaks, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
         # A one-pixel line keeps the centre weight of the 1-D Gaussian as its peak; undo that dimming.
-        streaks /= cv2.getGaussianKernel(2 * math.ceil(3 * sigma) + 1, sigma).max()
+        peak = cv2.getGaussianKernel(2 * math.ceil(3 * sigma) + 1, sigma).max()
+        np.divide(streaks, peak, out=streaks)  # in place, as /= (the float32 streaks stay float32)
     return streaks[pad : pad + shape[0], pad : pad + shape[1]]
 
 

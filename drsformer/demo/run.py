@@ -52,13 +52,15 @@ class DemoSettings:
 
 def seconds_per_iteration(options: dict[str, Any], device: str, steps: int = 3) -> float:
     """Median time of a training step (the trainer's own) of the configured model and batch, after a warm-up."""
-    from ..archs import build_network
+    from ..archs import DRSformer, build_network
     from ..timing import BenchSettings, run_paths
 
     data = options["datasets"]["train"]
     crop = data["gt_size"]
     settings = BenchSettings(crop, crop, data["batch_size_per_gpu"], "train", device, warmup=1, repeat=steps)
-    (result,), _ = run_paths(build_network(options["network_g"]), settings, ["fast"])
+    model = build_network(options["network_g"])
+    assert isinstance(model, DRSformer)  # every registered network_g type builds one
+    (result,), _ = run_paths(model, settings, ["fast"])
     return result.median_ms / 1000
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..archs import DRSformer
 from ..errors import ConfigError, ExportError
 from ..files import atomic_path, save_torch_atomic
 from . import graph, verify
@@ -53,7 +54,7 @@ def convert_weights(model: nn.Module, fmt: str, out: Path, report: Callable[[str
 
 
 def export_graph(
-    model: nn.Module,
+    model: DRSformer,
     fmt: str,
     out: Path,
     precision: str = "fp32",

@@ -96,6 +96,7 @@ def export_onnx(
         raise ExportError(
             f"the ONNX exporter failed at opset {opset}: {type(err).__name__}: {_first_line(err)}"
         ) from err
+    assert onnx_program is not None  # dynamo=True returns the program
     onnx_program.save(os.fspath(path), external_data=False)
     _name_io(Path(path))
 

@@ -48,11 +48,13 @@ def build_network(options: dict[str, Any], device: torch.device, logger: RunLogg
     if options["path"]["pretrain_network_g"]:
         load_pretrained(model, options["path"], logger)
     if train["activation_checkpointing"]:
-        if not hasattr(model, "set_activation_checkpointing"):
+        enable = getattr(model, "set_activation_checkpointing", None)  # a method of DRSformer, not of nn.Module
+        if enable is None:
             raise ConfigError("train.activation_checkpointing: this network does not support it")
-        model.set_activation_checkpointing(True)
+        enable(True)
     memory_format = torch.channels_last if train["channels_last"] else torch.contiguous_format
-    return model.to(device, memory_format=memory_format)
+    # Module.to takes a device and a memory_format together at run time; its typed overloads leave that out.
+    return model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
 
 
 def build_run(options: dict[str, Any], dist: Distributed, logger: RunLogger, run_dir: Path) -> Built:

@@ -92,7 +92,9 @@ def prune_run(run_dir: Path, keep: int) -> None:
 
 def rng_states() -> dict[str, Any]:
     """Python, NumPy, torch and CUDA generator states, in types ``torch.load(weights_only=True)`` accepts."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # the legacy global generator is an MT19937, whose state is a tuple
+    name, keys, pos, has_gauss, cached = state
     states: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos)}

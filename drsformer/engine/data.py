@@ -8,7 +8,7 @@ reads ``accum`` micro-batches, so the sampler's schedule is expressed in micro-b
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +121,7 @@ def train_loader(
     start_iter: int,
 ) -> tuple[ProgressiveBatchSampler, Iterator[dict[str, Any]]]:
     """The batch sampler and an iterator over micro-batches from optimizer iteration ``start_iter`` on."""
-    index_sampler = DistributedSampler(
+    index_sampler: DistributedSampler[int] = DistributedSampler(
         dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=section["use_shuffle"], seed=seed
     )
     micro_total = schedule.micro_steps_before(schedule.total_iter)
@@ -148,6 +148,7 @@ def train_loader(
 
 def validation_shard(dataset: Dataset, dist: Distributed) -> list[int]:
     """This process's share of the validation images: every ``world_size``-th from ``rank``."""
+    assert isinstance(dataset, Sized)  # a map-style dataset has a length
     return list(range(dist.rank, len(dataset), dist.world_size))
 
 

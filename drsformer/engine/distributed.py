@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -159,6 +160,7 @@ def broadcast_bytes(data: bytes | None, device: torch.device, src: int = 0) -> b
     size = torch.tensor([len(data) if data is not None else 0], dtype=torch.int64, device=device)
     dist.broadcast(size, src=src)
     if dist.get_rank() == src:
+        assert data is not None  # the source process has the data
         buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
     else:
         buffer = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
@@ -171,8 +173,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """``obj`` from process ``src`` on every process."""
+T = TypeVar("T")
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """``obj`` from process ``src`` on every process (every process passes a value of the same type)."""
     if not (dist.is_available() and dist.is_initialized()):
         return obj
     box = [obj]

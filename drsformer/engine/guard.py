@@ -136,7 +136,8 @@ class Recovery:
         restored.rollbacks, restored.lr_factor = progress.rollbacks + 1, progress.lr_factor * 0.5
         restored.bad_steps_total, restored.skipped_steps_total = progress.bad_steps_total, progress.skipped_steps_total
         stepper = parts.stepper
-        if stepper.scaler.is_enabled() and stepper.scale() < LOSS_SCALE_FLOOR:
+        scale = stepper.scale()  # None without a scaler
+        if scale is not None and scale < LOSS_SCALE_FLOOR:
             stepper.reset_scaler()
         guard.close()
         self.logger.warning(

@@ -11,10 +11,13 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter  # imported where used: TensorBoard is slow to import
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -54,8 +57,8 @@ class RunLogger:
         self.run_dir = run_dir
         self.use_tensorboard, self.progress = use_tensorboard, progress
         self._bar: tqdm | None = None
-        self._tb = None
-        self._jsonl = None
+        self._tb: SummaryWriter | None = None
+        self._jsonl: TextIO | None = None
         self._log = logging.getLogger(f"drsformer.train.{id(self)}")
         self._log.propagate = False
         self._log.setLevel(logging.INFO)

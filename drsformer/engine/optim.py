@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
 
 from ..errors import ConfigError
@@ -51,8 +52,9 @@ class _PeriodicCosine(LRScheduler):
         self.cumulative = list(itertools.accumulate(periods))
         super().__init__(optimizer, last_epoch)
 
-    def value_at(self, step: int, base_lr: float) -> float:
-        """The rate at scheduler step ``step`` for a group whose initial rate is ``base_lr``."""
+    def value_at(self, step: int, base_lr: float | Tensor) -> float | Tensor:
+        """The rate at scheduler step ``step`` for a group whose initial rate is ``base_lr`` (a float, or a tensor
+        as PyTorch's schedulers allow)."""
         step = min(step, self.cumulative[-1])
         j = bisect.bisect_left(self.cumulative, step)  # first period whose end is >= step
         start = self.cumulative[j - 1] if j else 0
@@ -60,7 +62,7 @@ class _PeriodicCosine(LRScheduler):
         phase = math.pi * (step - start) / self.periods[j]
         return eta_min + self.restart_weights[j] * 0.5 * (base_lr - eta_min) * (1 + math.cos(phase))
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | Tensor]:
         return [self.value_at(self.last_epoch, base) for base in self.base_lrs]
 
     _get_closed_form_lr = get_lr

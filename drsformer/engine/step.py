@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        ema = list(self.module.parameters())
+        ema: list[Tensor] = list(self.module.parameters())
         live = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(ema, live, 1.0 - self.decay)
         for target, source in zip(self.module.buffers(), model.buffers(), strict=True):
@@ -73,7 +73,7 @@ class Stepper:
     def __init__(
         self,
         model: nn.Module,
-        net: nn.Module,
+        net: Callable[[Tensor], Tensor],
         optimizer: torch.optim.Optimizer,
         loss_fn: nn.Module,
         options: StepOptions,

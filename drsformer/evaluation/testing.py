@@ -67,7 +67,7 @@ def load_models(sets: list[TestSet]) -> dict[tuple[str, str | None], nn.Module]:
     for test_set in sets:  # all missing files are reported before the (slow) loading starts
         if not os.path.isfile(test_set.weights):
             raise MissingPathError(f"{test_set.weights}: no such checkpoint (weights for dataset {test_set.name})")
-    models = {}
+    models: dict[tuple[str, str | None], nn.Module] = {}
     for test_set in sets:
         key = (test_set.weights, test_set.params_key)
         if key not in models:

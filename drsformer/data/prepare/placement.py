@@ -125,12 +125,12 @@ def write_split(
                 written.add(job.name)
             bar.update()
         with ThreadPoolExecutor(max_workers=workers) as pool:  # decoding and PNG encoding release the GIL
-            for job, ok in zip(cuts, pool.map(lambda j: _cut(j, input_dir, target_dir), cuts), strict=True):
+            for cut, ok in zip(cuts, pool.map(lambda j: _cut(j, input_dir, target_dir), cuts), strict=True):
                 if ok:
-                    written.add(job.name)
+                    written.add(cut.name)
                     placer.counts["PNG halves"] += 2
                 else:
-                    report.unreadable.append(rel(job.source))
+                    report.unreadable.append(rel(cut.source))
                 bar.update()
     report.written = len(written)
     report.stale = sorted((set(existing(input_dir)) | set(existing(target_dir))) - written)  # only with overwrite

@@ -112,6 +112,7 @@ class Rain200(Layout):
     def plan(self, tree: Tree, folders: list[Path], split: str) -> SplitPlan:
         (folder,) = folders
         rain, norain = tree.child(folder, "rain"), tree.child(folder, "norain")
+        assert rain is not None and norain is not None  # the folder fits()
         x2 = tree.child(rain, "X2") or rain  # rain/X2/ or rain/ itself
         rainy_key, clean_key = _number(r"(?:no)?rain-0*(\d+)(?:x2)?"), _number(r"norain-0*(\d+)")
         matching = match_files(list_images(x2), list_images(norain), rainy_key, clean_key)
@@ -132,6 +133,7 @@ class DDN(Layout):
     def plan(self, tree: Tree, folders: list[Path], split: str) -> SplitPlan:
         (folder,) = folders
         rainy, clean = tree.child(folder, *self.RAINY), tree.child(folder, *self.CLEAN)
+        assert rainy is not None and clean is not None  # the folder fits()
         matching = match_files(
             list_images(rainy), list_images(clean), _number(r"0*(\d+)_\d+"), _number(r"0*(\d+)"), shared_targets=True
         )
@@ -213,6 +215,12 @@ class SPA(Layout):
             return path
         return next((path / name for name in self.lists if (path / name).is_file()), None)
 
+    def _found_list(self, path: Path) -> Path:
+        """:meth:`_list_in` of a folder that fits() the training split, which has one."""
+        found = self._list_in(path)
+        assert found is not None
+        return found
+
     def fits(self, tree: Tree, folder: Path, split: str) -> bool:
         if split == "train":
             return self._list_in(folder) is not None
@@ -221,8 +229,9 @@ class SPA(Layout):
     def plan(self, tree: Tree, folders: list[Path], split: str) -> SplitPlan:
         (folder,) = folders
         if split == "train":
-            return _plan_list(tree, self._list_in(folder))
+            return _plan_list(tree, self._found_list(folder))
         rain, gt = tree.child(folder, "rain"), tree.child(folder, "gt")
+        assert rain is not None and gt is not None  # the folder fits()
         matching = match_files(list_images(rain), list_images(gt), _number(r"(\d+)"), _number(r"(\d+)gt"))
         return _from_matching(tree, matching, _same_name, rain, gt)
 
@@ -232,7 +241,7 @@ class SPA(Layout):
         if "train" in splits:
             holders = [f for f in tree.folders() if self.fits(tree, f, "train") and not names.is_foreign(tree.below(f))]
             if len(holders) > 1:
-                listed = name_list([tree.rel(self._list_in(f)) for f in holders])
+                listed = name_list([tree.rel(self._found_list(f)) for f in holders])
                 raise PrepareError(
                     f"{tree.root}: several training lists: {listed}; point --src at one SPA-Data release, or pass "
                     "--train-dir"
@@ -294,6 +303,7 @@ class Paired(Layout):
     def plan(self, tree: Tree, folders: list[Path], split: str) -> SplitPlan:
         (folder,) = folders
         rainy, clean = tree.child(folder, "input"), tree.child(folder, "target")
+        assert rainy is not None and clean is not None  # the folder fits()
         matching = match_files(list_images(rainy), list_images(clean))
         return _from_matching(tree, matching, _same_name, rainy, clean)
 

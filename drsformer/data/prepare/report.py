@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..io import name_list
@@ -78,7 +79,7 @@ class SplitReport:
         }
 
 
-def table(rows: list[tuple[str, ...]], numeric: tuple[int, ...]) -> list[str]:
+def table(rows: Sequence[tuple[str, ...]], numeric: tuple[int, ...]) -> list[str]:
     """Rows as aligned text columns; the ``numeric`` columns are right-aligned."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
 

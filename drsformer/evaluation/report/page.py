@@ -175,8 +175,9 @@ def summary_table(info: PageInfo, rows: list[Row]) -> str:
                 for r in rows
                 if number(r.values.get(m.key)) is not None and r.other and number(r.other.get(m.key)) is not None
             ]
-            other = mean(number(r.other.get(m.key)) for r in both)
-            delta = mean(difference(number(r.values[m.key]), number(r.other.get(m.key))) for r in both)
+            # (r.other or {}): each r in both has its other run, which the type checker cannot see through the list
+            other = mean(number((r.other or {}).get(m.key)) for r in both)
+            delta = mean(difference(number(r.values[m.key]), number((r.other or {}).get(m.key))) for r in both)
             cells += [m.format(other), m.format(delta, True), str(len(both))]
         lines.append(f'<tr data-metric="{_a(m.key)}">' + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
     return '<table class="summary">' + "".join(lines) + "</table>"
