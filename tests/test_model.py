@@ -95,3 +95,10 @@ def test_build_network_from_yaml_section() -> None:
         build_network({"type": "DRSformer", "dimm": 8})
     with pytest.raises(ConfigError, match="unknown arch type 'Restormer'"):
         build_network({"type": "Restormer"})
+
+
+def test_module_apply_reaches_every_submodule() -> None:
+    """``model.apply(fn)`` (weight initialisation) works: no block hides nn.Module.apply with a method of its own."""
+    seen: list[str] = []
+    DRSformer(**TINY).apply(lambda module: seen.append(type(module).__name__))
+    assert seen.count("TransformerBlock") == 2 * (1 + 1 + 1) + 2 and seen[-1] == "DRSformer"
