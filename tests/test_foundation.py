@@ -23,8 +23,8 @@ REGISTRIES = {
     "DATASET_REGISTRY": ("drsformer.data", {"PairedImageDataset", "Dataset_PairedImage"}),
     "LOSS_REGISTRY": ("drsformer.losses", {"L1Loss", "CharbonnierLoss", "PSNRLoss", "FFTLoss"}),
     "METRIC_REGISTRY": ("drsformer.metrics", {"calculate_psnr", "calculate_ssim"}),
-    "OPTIMIZER_REGISTRY": ("drsformer.engine", {"Adam", "AdamW", "SGD"}),
-    "SCHEDULER_REGISTRY": ("drsformer.engine", {"CosineAnnealingRestartCyclicLR", "CosineAnnealingRestartLR"}),
+    "OPTIMIZER_REGISTRY": ("drsformer.optim", {"Adam", "AdamW", "SGD"}),
+    "SCHEDULER_REGISTRY": ("drsformer.optim", {"CosineAnnealingRestartCyclicLR", "CosineAnnealingRestartLR"}),
 }
 
 

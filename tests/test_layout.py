@@ -14,7 +14,8 @@ PACKAGE = ROOT / "drsformer"
 
 ENTRY_POINTS = {"drsformer.cli", "drsformer.train", "drsformer.test", "drsformer.__main__", "drsformer.cluster"}
 # Modules that a model, a dataset or a metric may need: the lowest layer, usable alone in a notebook.
-FOUNDATION = ("errors", "registry", "files", "devices", "precision", "memory", "optional", "benchmarks", "losses")
+FOUNDATION = ("errors", "registry", "files", "devices", "precision", "memory", "optional", "benchmarks", "losses",
+              "optim")  # fmt: skip
 LOW = ("archs", "data", "metrics")
 # What runs models, trains them, scores sets, serves pages and parses command lines: above the low layer.
 HIGH = ("engine", "evaluation", "serve", "commands", "config", "demo", "inference", "tiling", "timing", "deploy",

@@ -18,10 +18,10 @@ from conftest import DATA, make_pairs
 from drsformer.archs import DRSformer, from_checkpoint
 from drsformer.cli import main
 from drsformer.config import load_options, resolve_options
-from drsformer.engine.optim import CosineAnnealingRestartCyclicLR, CosineAnnealingRestartLR
 from drsformer.engine.trainer import Trainer
 from drsformer.errors import ConfigError, TrainingError
 from drsformer.losses import L1Loss
+from drsformer.optim import CosineAnnealingRestartCyclicLR, CosineAnnealingRestartLR
 from drsformer.registry import ARCH_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY
 
 TINY_NET = ["network_g.dim=8", "network_g.num_blocks=[1,1,1,1]", "network_g.heads=[1,2,4,8]"]

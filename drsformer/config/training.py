@@ -17,10 +17,14 @@ from typing import Any
 
 import yaml
 
-from .. import archs, losses, metrics  # noqa: F401  (fill the registries whose names options use)
+from .. import (  # noqa: F401  (fill the registries whose names options use)
+    archs,
+    losses,
+    metrics,
+    optim,  # noqa: F401  (fills the optimizer and scheduler registries)
+)
 from .. import data as _dataset_classes  # noqa: F401  (fills the dataset registry)
 from ..benchmarks import check_protocol
-from ..engine import optim  # noqa: F401  (fills the optimizer and scheduler registries)
 from ..errors import ConfigError
 from ..precision import PRECISIONS
 from ..registry import (

@@ -1,6 +1,3 @@
-"""The training engine: loop, optimizers and schedules, checkpoints, distributed helpers, logging.
-
-Importing this package registers the optimizers and schedulers.
-"""
-
-from . import optim  # noqa: F401  (registers OPTIMIZER_REGISTRY and SCHEDULER_REGISTRY entries)
+"""The training engine: the loop and its parts (build, resume, step, guard, validation, state, checkpoints,
+data, distributed helpers, signals, logging). The optimizers and schedulers it builds are in
+:mod:`drsformer.optim`."""

@@ -12,11 +12,16 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import archs, data, losses, metrics  # noqa: F401  (fill the registries the options name)
+from .. import (  # noqa: F401  (fill the registries the options name)
+    archs,
+    data,
+    losses,
+    metrics,
+    optim,  # noqa: F401  (fills the optimizer and scheduler registries)
+)
 from ..errors import ConfigError
 from ..precision import needs_grad_scaler
 from ..registry import ARCH_REGISTRY, LOSS_REGISTRY, OPTIMIZER_REGISTRY, SCHEDULER_REGISTRY
-from . import optim  # noqa: F401  (fills the optimizer and scheduler registries)
 from .data import Schedule, build_dataset, build_schedule, check_crops_fit
 from .distributed import Distributed
 from .guard import Guard

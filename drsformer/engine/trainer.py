@@ -26,12 +26,12 @@ import torch
 from ..data.paired import SkippedFiles
 from ..devices import is_out_of_memory
 from ..errors import OutOfMemory, RunStopped
+from ..optim import set_learning_rate
 from . import distributed
 from .build import build_run, configure_backends, restore_backends
 from .data import train_loader
 from .guard import Recovery
 from .logger import LogWindow, RunLogger
-from .optim import set_learning_rate
 from .resume import find_resume, read_resume_state, run_folder
 from .signals import STOP_FILE_ENV, StopRequest
 from .state import Progress, StateKeeper

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
 
-from ..errors import ConfigError
-from ..registry import OPTIMIZER_REGISTRY, SCHEDULER_REGISTRY
+from .errors import ConfigError
+from .registry import OPTIMIZER_REGISTRY, SCHEDULER_REGISTRY
 
 # Optimizers a config may name (``type: AdamW``): torch.optim's own classes, registered explicitly.
 for _name in ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta"):
