@@ -141,6 +141,19 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
+# Baselines of the paper's Table 1 whose numbers this package records: (PSNR, SSIM or None), by benchmark.
+# Restormer's Rain200H PSNR is the one the DRSformer paper compares against in its text (32.00 against 32.17).
+PAPER_BASELINES: dict[str, dict[str, tuple[float, float | None]]] = {"Restormer": {"Rain200H": (32.00, None)}}
+
+
+def paper_rows() -> dict[str, dict[str, tuple[float, float | None]]]:
+    """The paper's numbers by model and benchmark: DRSformer's (the catalogue's) and the recorded baselines'."""
+    drsformer: dict[str, tuple[float, float | None]] = {
+        b.name: (b.paper_psnr, b.paper_ssim) for b in BENCHMARKS.values()
+    }
+    return {"DRSformer": drsformer, **PAPER_BASELINES}
+
+
 def _squash(name: str) -> str:
     return re.sub(r"[\s_\-.]", "", name.lower())
 

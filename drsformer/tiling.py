@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .archs.attention import AttentionSums, attention_sums
-from .archs.drsformer import Downsample, DRSformer, OverlapPatchEmbed, TransformerBlock, Upsample
+from .archs.blocks import Downsample, OverlapPatchEmbed, TransformerBlock, Upsample
+from .archs.drsformer import DRSformer
 from .archs.mefc import MEFC, conv_radius
 from .archs.padding import crop_to, pad_to_multiple
 from .archs.unet import SIZE_MULTIPLE, Step
@@ -157,6 +158,8 @@ def storage_bytes_per_pixel(model: DRSformer, element_size: int = 4) -> float:
     config = model.config
     dim = config["dim"]
     values = config["inp_channels"] + dim + 2 * dim / 4 + 4 * dim / 16 + 2 * (2 * dim) + config["out_channels"]
+    if config.get("dual_pixel_task"):
+        values += dim  # the embedding, kept for the output's skip
     return values * element_size
 
 
@@ -359,6 +362,16 @@ class ExactTiler:
 
     def _output(self, step: Step, module: nn.Module, x: Tensor, saved: dict[str, Tensor]) -> Tensor:
         radius = step_radius(step, module)
+        if step.skip is not None:  # dual-pixel: the 3x3 conv of x plus a 1x1 conv of the embedding, no residual
+            assert step.reduce is not None
+            skip, skip_conv = saved[step.skip], self.model.get_submodule(step.reduce)
+
+            def compute(window: Window) -> Tensor:
+                source = window.grown(radius, x.shape[-2], x.shape[-1])
+                joined = self._to_device(source.cut(x)) + skip_conv(self._to_device(source.cut(skip)))
+                return window.inside(source, module(joined))
+
+            return self._map(1, compute, x)
         image = self.image
         return self._map(1, lambda w: self._local(module, x, w, radius) + self._to_device(w.cut(image)), x)
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .archs import DRSformer
-from .archs.drsformer import IMPL_PARTS, Switchable
+from .archs.drsformer import IMPL_PARTS, PART_TYPES
 from .engine.step import StepOptions, Stepper
 from .memory import peak_mb, reset_peak
 from .precision import autocast
@@ -125,8 +125,8 @@ class _Runner:
     def observed(self) -> dict[str, Any]:
         """The settings as found on the model and tensors, not as requested."""
         impls = {
-            part: sorted({m.impl for m in self.model.modules() if isinstance(m, kind)})
-            for part, kind in _part_types().items()
+            part: sorted({str(getattr(m, "impl")) for m in self.model.modules() if isinstance(m, kind)})  # noqa: B009
+            for part, kind in PART_TYPES.items()
         }
         if not hasattr(self, "compute_dtype"):
             self.output()
@@ -142,14 +142,6 @@ class _Runner:
             "activation_checkpointing": any(getattr(m, "checkpointing", False) for m in self.model.modules()),
             "training": self.settings.mode == "train",
         }
-
-
-def _part_types() -> dict[str, type[Switchable]]:
-    from .archs.attention import TopKSparseAttention
-    from .archs.drsformer import LayerNorm, MixedScaleFeedForward
-    from .archs.mefc import MEFC
-
-    return {"attention": TopKSparseAttention, "ffn": MixedScaleFeedForward, "mefc": MEFC, "norm": LayerNorm}
 
 
 def run_paths(model: DRSformer, settings: BenchSettings, paths: list[str]) -> tuple[list[BenchResult], float | None]:

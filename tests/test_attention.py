@@ -16,7 +16,7 @@ def test_topk_counts_follow_published_rounding() -> None:
     assert topk_counts(48) == (24, 32, 36, 38)
     assert topk_counts(8) == (4, 5, 6, 6)
     assert topk_counts(2) == (1, 1, 1, 1)
-    with pytest.raises(ValueError, match="at least 2 channels per head"):
+    with pytest.raises(ValueError, match="keep no channel of a head of 1"):
         topk_counts(1)
 
 

@@ -8,7 +8,7 @@ import torch
 from conftest import DATA, TINY, load_reference
 
 from drsformer.archs import CheckpointError, DRSformer, from_checkpoint, infer_config
-from drsformer.archs.checkpoint import infer_ffn_factor
+from drsformer.archs.checkpoint import infer_ffn_factor, load_model
 
 MANIFEST = json.loads((DATA / "official_state_dict_manifest.json").read_text())
 
@@ -41,9 +41,9 @@ def test_round_trip_wrappers_and_prefixes(tmp_path, mefc: bool) -> None:
 def test_official_layout_loads_strictly(variant: str) -> None:
     expected = MANIFEST[variant]
     state = {k: torch.randn(shape) for k, shape in expected["state_dict"].items()}
-    assert infer_config(state) == expected["config"]
+    assert infer_config(state) == DRSformer(**expected["config"]).config
     model = from_checkpoint({"params": state})
-    assert model.config == expected["config"]
+    assert model.config == DRSformer(**expected["config"]).config
     assert torch.equal(model.state_dict()["output.weight"], state["output.weight"])
 
 
@@ -51,7 +51,7 @@ def test_official_layout_loads_strictly(variant: str) -> None:
 def test_reference_fixtures_infer_their_config(name: str) -> None:
     ref = load_reference(name)
     model = from_checkpoint(ref).eval()
-    assert model.config == ref["config"]
+    assert model.config == DRSformer(**ref["config"]).config
     with torch.no_grad():
         assert (model(ref["input"]) - ref["output_float32"]).abs().max() < 1e-4
 
@@ -111,13 +111,17 @@ def test_pickle_with_code_is_refused(tmp_path) -> None:
         from_checkpoint(raw)
 
 
-def test_missing_attention_scalars_like_the_rain100l_upload() -> None:
+def test_a_drsformer_without_mixing_scalars_like_the_rain100l_upload_loads_as_dense_attention(tmp_path) -> None:
+    """The authors' mis-uploaded Rain100L file (their issue #4) has no attn1..attn4: it is read as what it
+    computes, dense attention, with one line saying so and why."""
     state = {k: v for k, v in DRSformer(**TINY).state_dict().items() if not k.split(".")[-1].startswith("attn")}
-    with pytest.raises(CheckpointError) as info:
-        from_checkpoint({"params": state})
-    message = str(info.value)
-    assert "attn1..attn4 of all 8 attention layers" in message and "Rain100L" in message
-    assert "\n" not in message
+    with pytest.warns(UserWarning, match="loaded as dense attention") as caught:
+        model = from_checkpoint({"params": state})
+    assert model.config["attention"] == "dense" and model.config["ffn"] == "msfn" and model.has_mefc
+    assert "Rain100L" in str(caught[0].message) and "\n" not in str(caught[0].message)
+    torch.save({"params": state}, tmp_path / "rain100l.pth")
+    _, note = load_model(tmp_path / "rain100l.pth")
+    assert note is not None and note.startswith(f"{tmp_path / 'rain100l.pth'}: a DRSformer without the top-k")
 
 
 def test_missing_and_unexpected_keys_are_summarised() -> None:

@@ -13,7 +13,7 @@ from conftest import TINY
 
 from drsformer.archs import DRSformer
 from drsformer.archs.attention import attention_sums, scores_from_sums
-from drsformer.archs.drsformer import LayerNorm, TransformerBlock
+from drsformer.archs.blocks import LayerNorm, TransformerBlock
 from drsformer.engine.guard import Guard
 from drsformer.engine.step import EMA, LOSS_SCALE_FLOOR, StepOptions, Stepper
 from drsformer.metrics import evaluate_pair, torch_metrics

@@ -131,7 +131,7 @@ def test_cli_prints_our_errors_in_one_line_and_lets_bugs_raise(capsys) -> None:
 
 
 def test_cli_variants_and_defaults_come_from_the_registry(capsys) -> None:
-    assert sorted(VARIANTS) == ["drsformer", "drsformer_no_mefc"]
+    assert sorted(VARIANTS) == ["drsformer", "drsformer_no_mefc", "restormer"]
     assert main(["info", "--variant", "drsformer_no_mefc", "--dim", "16", "--json", "--size", "32"]) == 0
     config = eval(capsys.readouterr().out.replace("true", "True").replace("false", "False"))["config"]
     assert config == {**DRSformer(dim=16, mefc=False).config}

@@ -20,7 +20,7 @@ def test_state_dict_equals_manifest(variant: str, factory) -> None:
     assert list(state) == list(expected["state_dict"])  # same keys, same order
     assert state == expected["state_dict"]
     assert sum(p.numel() for p in model.parameters()) == expected["num_parameters"]
-    assert model.config == expected["config"]
+    assert model.config == DRSformer(**expected["config"]).config
 
 
 def test_paper_parameter_counts() -> None:

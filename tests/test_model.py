@@ -80,7 +80,7 @@ def test_padding_matches_manual_reflect_pad() -> None:
 def test_invalid_configs_are_rejected() -> None:
     with pytest.raises(ValueError, match="not divisible"):
         DRSformer(dim=8, heads=[3, 2, 4, 8])
-    with pytest.raises(ValueError, match="at least 2 channels per head"):
+    with pytest.raises(ValueError, match="keep no channel of a head of 1"):
         DRSformer(dim=8, heads=[8, 2, 4, 8])
     with pytest.raises(ValueError, match="4 entries"):
         DRSformer(num_blocks=[1, 1, 1])
@@ -93,8 +93,8 @@ def test_build_network_from_yaml_section() -> None:
     assert isinstance(model, DRSformer) and not model.has_mefc
     with pytest.raises(ConfigError, match="network_g.dimm: unknown key; did you mean dim?"):
         build_network({"type": "DRSformer", "dimm": 8})
-    with pytest.raises(ConfigError, match="unknown arch type 'Restormer'"):
-        build_network({"type": "Restormer"})
+    with pytest.raises(ConfigError, match="unknown arch type 'Uformer'"):
+        build_network({"type": "Uformer"})
 
 
 def test_module_apply_reaches_every_submodule() -> None:

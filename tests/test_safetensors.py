@@ -266,7 +266,7 @@ def test_a_run_saves_prunes_and_serves_safetensors(tmp_path, st, capsys) -> None
     # The file holds the weights the run validated, the EMA ones, and says so; the training state is unchanged.
     state = torch.load(run / "training_states/2.state", weights_only=True)
     latest = run / "models/net_g_latest.safetensors"
-    assert read_checkpoint(latest).keys() == {"params_ema", "validated"}
+    assert read_checkpoint(latest).keys() == {"params_ema", "validated", "architecture"}
     model, note = load_model(latest)
     assert note and _same_state(model.state_dict(), state["params_ema"])
     write_image(tmp_path / "x.png", np.random.default_rng(1).integers(0, 256, (16, 20, 3), dtype=np.uint8))

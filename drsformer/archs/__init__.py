@@ -9,7 +9,9 @@ from torch import nn
 from ..errors import CheckpointError
 from ..registry import ARCH_REGISTRY
 from .checkpoint import from_checkpoint, infer_config
-from .drsformer import VARIANTS, DRSformer, drsformer, drsformer_no_mefc
+from .drsformer import DRSformer, architecture_name
+from .restormer import Restormer
+from .variants import VARIANTS, drsformer, drsformer_no_mefc
 
 
 def build_network(opt: dict[str, Any]) -> nn.Module:
@@ -21,7 +23,9 @@ __all__ = [
     "ARCH_REGISTRY",
     "CheckpointError",
     "DRSformer",
+    "Restormer",
     "VARIANTS",
+    "architecture_name",
     "build_network",
     "drsformer",
     "drsformer_no_mefc",

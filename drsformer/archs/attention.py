@@ -1,19 +1,21 @@
-"""Top-k sparse attention (TKSA): channel attention where each query row keeps only its k largest scores.
+"""Channel attention: top-k sparse attention (TKSA, DRSformer's) and dense attention (MDTA, Restormer's).
 
 Per head, with L2-normalised q, k of shape (C, N) and a learnable temperature t, the scores are
-``S = t * q k^T`` (C x C). For each of the four ratios k_i in (C/2, 2C/3, 3C/4, 4C/5) (integer part), the
-scores outside a row's top k_i are set to -inf, the row is soft-maxed, and the four results are mixed with the
-learnable scalars ``attn1..attn4``: ``out = sum_i a_i softmax(mask_i(S)) v``.
+``S = t * q k^T`` (C x C). Dense attention soft-maxes every row: ``out = softmax(S) v``. Top-k attention, for
+each ratio r_i (the paper's four: 1/2, 2/3, 3/4, 4/5, giving k_i = int(r_i C)), sets the scores outside a row's
+top k_i to -inf, soft-maxes the row, and mixes the results with the learnable scalars ``attn1..attnN``:
+``out = sum_i a_i softmax(mask_i(S)) v``. Both hold the same ``temperature``, ``qkv``, ``qkv_dwconv`` and
+``project_out`` (Restormer's names), and top-k attention adds its mixing scalars (DRSformer's).
 
 Two implementations of the same formula:
 
-* :func:`sparse_attention_reference` does it literally (four top-k, four masked softmaxes, four products
-  with v), as the paper and the published code do.
-* :func:`sparse_attention_fast` forms the scores from three sums over positions (:func:`attention_sums`:
-  ``q k^T`` and the squared norms of the rows of q and k, so nothing of size N is normalised), does one top-k
-  at the largest k (which yields all four thresholds), one ``exp`` of the row-max-shifted scores (the row
-  maximum survives every mask), folds the four normalised masks and ``a_i`` into a single C x C weight
-  matrix, and multiplies v once.
+* :func:`sparse_attention_reference` does it literally (a top-k, a masked softmax and a product with v per
+  ratio), as the paper and the published code do; :func:`dense_attention_reference` likewise (Restormer's).
+* The fast path forms the scores from three sums over positions (:func:`attention_sums`: ``q k^T`` and the
+  squared norms of the rows of q and k, so nothing of size N is normalised). For top-k it does one top-k at
+  the largest k (which yields every threshold), one ``exp`` of the row-max-shifted scores (the row maximum
+  survives every mask), folds the normalised masks and ``a_i`` into a single C x C weight matrix, and
+  multiplies v once.
 
 Everything global about the attention is in those three sums: the weights are a C x C matrix computed from
 them, applied to v pixel by pixel. That is what lets :mod:`drsformer.tiling` run the model tile by tile and
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import NamedTuple
 
 import torch
@@ -38,15 +41,42 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 
-# (numerator, denominator) of the four top-k ratios.
-TOPK_RATIOS = ((1, 2), (2, 3), (3, 4), (4, 5))
+ATTENTIONS = ("topk", "dense")
+# The paper's four top-k ratios, as an options file writes them.
+PAPER_RATIOS = ("1/2", "2/3", "3/4", "4/5")
 
 
-def topk_counts(channels: int) -> tuple[int, ...]:
-    """The four k values for ``channels`` channels per head: ``int(C*n/d)`` as in the paper's code."""
-    counts = tuple(channels * n // d for n, d in TOPK_RATIOS)
-    if counts[0] < 1:
-        raise ConfigError(f"top-k sparse attention needs at least 2 channels per head, got {channels}")
+def parse_ratios(ratios: Sequence[str | float | Fraction], key: str = "topk_ratios") -> tuple[Fraction, ...]:
+    """Top-k ratios as exact fractions: ``"2/3"``, ``0.5`` or ``1`` each; at least one, each in (0, 1]; a
+    :class:`ConfigError` naming ``key`` otherwise. (Write 2/3 as ``"2/3"``: a decimal such as 0.667 is a
+    different ratio.)"""
+    if isinstance(ratios, (str, bytes)) or not isinstance(ratios, Sequence) or not ratios:
+        raise ConfigError(f"{key}: expected a non-empty list of ratios such as ['1/2', '2/3'], got {ratios!r}")
+    parsed = []
+    for ratio in ratios:
+        try:
+            value = Fraction(str(ratio)) if not isinstance(ratio, Fraction) else ratio
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"{key}: {ratio!r} is not a ratio; write it as '2/3' or 0.5") from None
+        if isinstance(ratio, bool) or not 0 < value <= 1:
+            raise ConfigError(f"{key}: each ratio must be in (0, 1], got {ratio!r}")
+        parsed.append(value)
+    return tuple(parsed)
+
+
+def format_ratios(ratios: Sequence[str | float | Fraction]) -> list[str]:
+    """``['1/2', '2/3']``: ratios as an options file (and a model's config) writes them."""
+    return [str(r) for r in parse_ratios(ratios)]
+
+
+def topk_counts(channels: int, ratios: Sequence[str | float | Fraction] = PAPER_RATIOS) -> tuple[int, ...]:
+    """The k of each ratio for ``channels`` channels per head: ``int(C * r)`` as in the paper's code."""
+    counts = tuple(channels * r.numerator // r.denominator for r in parse_ratios(ratios))
+    if min(counts) < 1:
+        raise ConfigError(
+            f"top-k ratios {format_ratios(ratios)} keep no channel of a head of {channels}; use fewer heads, a "
+            "larger width, or larger ratios"
+        )
     return counts
 
 
@@ -108,11 +138,14 @@ def normalized_scores(q: Tensor, k: Tensor, temperature: Tensor) -> Tensor:
         return (q @ k.transpose(-2, -1)) * temperature.to(dtype)
 
 
-def sparse_attention_reference(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, mix: Sequence[Tensor]) -> Tensor:
-    """The paper's formula, step by step. q, k, v: (B, heads, C, N); returns (B, heads, C, N)."""
+def sparse_attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, mix: Sequence[Tensor], counts: Sequence[int] | None = None
+) -> Tensor:
+    """The paper's formula, step by step. q, k, v: (B, heads, C, N); returns (B, heads, C, N). ``counts``: the k of
+    each ratio (default: the paper's four)."""
     scores = normalized_scores(q, k, temperature)
     out = None
-    for count, weight in zip(topk_counts(scores.shape[-1]), mix, strict=True):
+    for count, weight in zip(counts or topk_counts(scores.shape[-1]), mix, strict=True):
         index = scores.topk(count, dim=-1).indices
         keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, index, True)
         probs = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1)
@@ -122,21 +155,23 @@ def sparse_attention_reference(q: Tensor, k: Tensor, v: Tensor, temperature: Ten
     return out
 
 
-def sparse_attention_weights_reference(scores: Tensor, mix: Sequence[Tensor]) -> Tensor:
-    """``sum_i a_i softmax(mask_i(scores))`` with the paper's four top-k masks, literally (exactly k kept)."""
+def sparse_attention_weights_reference(
+    scores: Tensor, mix: Sequence[Tensor], counts: Sequence[int] | None = None
+) -> Tensor:
+    """``sum_i a_i softmax(mask_i(scores))`` with the top-k masks, literally (exactly k kept)."""
     out = None
-    for count, weight in zip(topk_counts(scores.shape[-1]), mix, strict=True):
+    for count, weight in zip(counts or topk_counts(scores.shape[-1]), mix, strict=True):
         index = scores.topk(count, dim=-1).indices
         keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, index, True)
         term = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1) * weight
         out = term if out is None else out + term
-    assert out is not None  # four top-k terms
+    assert out is not None  # one term per ratio
     return out
 
 
-def sparse_attention_weights(scores: Tensor, mix: Sequence[Tensor]) -> Tensor:
+def sparse_attention_weights(scores: Tensor, mix: Sequence[Tensor], counts: Sequence[int] | None = None) -> Tensor:
     """The single C x C matrix ``sum_i a_i softmax(mask_i(scores))`` (ties kept, see module docstring)."""
-    counts = topk_counts(scores.shape[-1])
+    counts = counts or topk_counts(scores.shape[-1])
     top = scores.topk(max(counts), dim=-1).values
     # The row max is in every kept set, so shifting by it is exact and keeps exp() <= 1; its gradient
     # contribution is exactly zero, hence detach.
@@ -147,50 +182,52 @@ def sparse_attention_weights(scores: Tensor, mix: Sequence[Tensor]) -> Tensor:
         kept = shifted * keep
         term = keep * (weight / kept.sum(dim=-1, keepdim=True))
         coefficient = term if coefficient is None else coefficient + term
-    assert coefficient is not None  # four top-k terms
+    assert coefficient is not None  # one term per ratio
     return shifted * coefficient
 
 
-def sparse_attention_fast(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, mix: Sequence[Tensor]) -> Tensor:
+def sparse_attention_fast(
+    q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, mix: Sequence[Tensor], counts: Sequence[int] | None = None
+) -> Tensor:
     """Same result as :func:`sparse_attention_reference` with one top-k, one exp and one product with v."""
-    weights = sparse_attention_weights(scores_from_sums(attention_sums(q, k), temperature), mix)
+    weights = sparse_attention_weights(scores_from_sums(attention_sums(q, k), temperature), mix, counts)
     return weights.to(v.dtype) @ v
 
 
-class TopKSparseAttention(nn.Module):
-    """TKSA block body. Attribute names follow the published state-dict layout (``attn.qkv`` ...)."""
+def dense_attention_reference(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor) -> Tensor:
+    """Restormer's formula, step by step: ``softmax(t normalize(q) normalize(k)^T) v``; (B, heads, C, N)."""
+    return normalized_scores(q, k, temperature).softmax(dim=-1).to(v.dtype) @ v
+
+
+class ChannelAttention(nn.Module):
+    """What both attentions share: q, k, v from a 1x1 and a 3x3 depth-wise conv, heads over channels, a learnable
+    temperature per head, and the output projection. Subclasses say how the scores become weights."""
 
     def __init__(self, dim: int, num_heads: int, bias: bool, impl: str = "fast") -> None:
         super().__init__()
         if dim % num_heads:
             raise ConfigError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        topk_counts(dim // num_heads)
         self.num_heads = num_heads
         self.impl = impl
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
         self.qkv = nn.Conv2d(dim, dim * 3, kernel_size=1, bias=bias)
         self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, kernel_size=3, padding=1, groups=dim * 3, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
-        self.attn1 = nn.Parameter(torch.tensor([0.2]))
-        self.attn2 = nn.Parameter(torch.tensor([0.2]))
-        self.attn3 = nn.Parameter(torch.tensor([0.2]))
-        self.attn4 = nn.Parameter(torch.tensor([0.2]))
-
-    @property
-    def mix(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return (self.attn1, self.attn2, self.attn3, self.attn4)
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v of shape (B, heads, C / heads, H, W): local, each pixel sees its 3 x 3 neighbourhood."""
         b, c, h, w = x.shape
         qkv = self.qkv_dwconv(self.qkv(x))
-        return qkv.reshape(b, 3, self.num_heads, c // self.num_heads, h, w).unbind(1)
+        q, k, v = qkv.reshape(b, 3, self.num_heads, c // self.num_heads, h, w).unbind(1)
+        return q, k, v
 
     def weights(self, sums: AttentionSums) -> Tensor:
         """The (B, heads, C, C) matrix applied to v, from the sums over every position the attention sees."""
-        scores = scores_from_sums(sums, self.temperature)
-        combine = sparse_attention_weights if self.impl == "fast" else sparse_attention_weights_reference
-        return combine(scores, self.mix)
+        raise NotImplementedError
+
+    def attend_reference(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The attention's formula written out; q, k, v: (B, heads, C, N)."""
+        raise NotImplementedError
 
     def apply_weights(self, weights: Tensor, v: Tensor) -> Tensor:
         """``project_out(weights @ v)`` pixel by pixel; v: (B, heads, C / heads, H, W)."""
@@ -202,5 +239,48 @@ class TopKSparseAttention(nn.Module):
         q, k, v = self.project_qkv(x)
         if self.impl == "fast":
             return self.apply_weights(self.weights(attention_sums(q.flatten(-2), k.flatten(-2))), v)
-        out = sparse_attention_reference(q.flatten(-2), k.flatten(-2), v.flatten(-2), self.temperature, self.mix)
-        return self.project_out(out.reshape(x.shape))
+        return self.project_out(self.attend_reference(q.flatten(-2), k.flatten(-2), v.flatten(-2)).reshape(x.shape))
+
+
+class TopKSparseAttention(ChannelAttention):
+    """TKSA (DRSformer's): per row only the top ``ratio`` of the scores, for each ratio, mixed by ``attn1..attnN``.
+    Attribute names follow the published state-dict layout (``attn.qkv`` ..., ``attn.attn1``)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        bias: bool,
+        impl: str = "fast",
+        ratios: Sequence[str | float | Fraction] = PAPER_RATIOS,
+    ) -> None:
+        super().__init__(dim, num_heads, bias, impl)
+        self.ratios = format_ratios(ratios)
+        self.counts = topk_counts(dim // num_heads, self.ratios)
+        for i in range(len(self.counts)):
+            self.register_parameter(f"attn{i + 1}", nn.Parameter(torch.tensor([0.2])))
+
+    @property
+    def mix(self) -> tuple[Tensor, ...]:
+        return tuple(getattr(self, f"attn{i + 1}") for i in range(len(self.counts)))
+
+    def weights(self, sums: AttentionSums) -> Tensor:
+        scores = scores_from_sums(sums, self.temperature)
+        combine = sparse_attention_weights if self.impl == "fast" else sparse_attention_weights_reference
+        return combine(scores, self.mix, self.counts)
+
+    def attend_reference(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return sparse_attention_reference(q, k, v, self.temperature, self.mix, self.counts)
+
+
+class DenseAttention(ChannelAttention):
+    """MDTA (Restormer's): every score kept, ``softmax(S) v``; no mixing scalars."""
+
+    def weights(self, sums: AttentionSums) -> Tensor:
+        return scores_from_sums(sums, self.temperature).softmax(dim=-1)
+
+    def attend_reference(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return dense_attention_reference(q, k, v, self.temperature)
+
+
+ATTENTION_TYPES: dict[str, type[ChannelAttention]] = {"topk": TopKSparseAttention, "dense": DenseAttention}

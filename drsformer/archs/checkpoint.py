@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -17,9 +18,16 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError, ConfigError
-from .drsformer import DRSformer
-from .unet import DECODER_LEVELS, ENCODERS
-from .weight_files import VALIDATED_KEY, WRAPPER_KEYS, read_checkpoint
+from .attention import PAPER_RATIOS, format_ratios
+from .drsformer import DRSformer, architecture_name
+from .restormer import RESTORMER_ARGUMENTS, Restormer
+from .unet import DECODER_LEVELS, ENCODERS, REFINEMENT
+from .weight_files import ARCHITECTURE_KEY, VALIDATED_KEY, WRAPPER_KEYS, read_checkpoint
+
+
+class CheckpointNote(UserWarning):
+    """How a checkpoint was read, when it is worth a line (the commands print it)."""
+
 
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 
@@ -98,17 +106,50 @@ def infer_ffn_factor(dims: list[int], hidden: list[int], source: str = "checkpoi
     raise CheckpointError(f"{source}: no ffn_expansion_factor gives hidden widths {hidden} for widths {dims}")
 
 
-def infer_config(state: Mapping[str, Tensor], source: str = "checkpoint") -> dict[str, Any]:
-    """Constructor arguments of the DRSformer whose state dict is ``state``."""
-    embed = _shape(state, "patch_embed.proj.weight", source, 4)
-    out = _shape(state, "output.weight", source, 4)
-    dim = embed[0]
+def _stage_blocks(state: Mapping[str, Tensor]) -> Counter[str]:
+    """How many numbered blocks each stage (and ``refinement``) holds."""
     counts: Counter[str] = Counter()
     for name in state:
         stage, _, rest = name.partition(".")
         index = rest.split(".", 1)[0]
-        if (stage in ENCODERS or stage in DECODER_LEVELS) and index.isdigit():
+        if (stage in ENCODERS or stage in DECODER_LEVELS or stage == REFINEMENT) and index.isdigit():
             counts[stage] = max(counts[stage], int(index) + 1)
+    return counts
+
+
+def infer_ffn(state: Mapping[str, Tensor], source: str = "checkpoint") -> str:
+    """Which feed-forward network the blocks have, from the first block's keys and shapes."""
+    prefix = f"{ENCODERS[0]}.0.ffn."
+    if f"{prefix}dwconv3x3.weight" in state:
+        return "msfn"
+    if f"{prefix}dwconv.weight" in state:
+        expand = _shape(state, f"{prefix}project_in.weight", source, 4)[0]
+        reduce = _shape(state, f"{prefix}project_out.weight", source, 4)[1]
+        return "gdfn" if expand == 2 * reduce else "dfn"
+    if f"{prefix}project_in.weight" in state:
+        return "fn"
+    raise CheckpointError(f"{source}: no feed-forward network found under {prefix} ({_describe(state)})")
+
+
+def mixing_scalars(state: Mapping[str, Tensor]) -> int:
+    """How many top-k mixing scalars (``attn1``, ``attn2``...) the first attention layer holds (0: dense)."""
+    count = 0
+    while f"{ENCODERS[0]}.0.attn.attn{count + 1}" in state:
+        count += 1
+    return count
+
+
+def infer_config(
+    state: Mapping[str, Tensor], source: str = "checkpoint", known: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Constructor arguments of the network (:class:`~drsformer.archs.DRSformer`'s family) whose state dict is
+    ``state``: every one is read from the keys and shapes, except the top-k ratios of attention with other than
+    the paper's four, which come from ``known`` (what the file says it was built with, or the caller)."""
+    known = known or {}
+    embed = _shape(state, "patch_embed.proj.weight", source, 4)
+    out = _shape(state, "output.weight", source, 4)
+    dim = embed[0]
+    counts = _stage_blocks(state)
     num_blocks = [counts[s] for s in ENCODERS]
     if not all(num_blocks):
         empty = [s for s, n in zip(ENCODERS, num_blocks, strict=True) if not n]
@@ -121,8 +162,12 @@ def infer_config(state: Mapping[str, Tensor], source: str = "checkpoint") -> dic
             )
     heads = [_shape(state, f"{s}.0.attn.temperature", source, 3)[0] for s in ENCODERS]
     widths = [dim * 2**i for i in range(4)]
-    hidden = [_shape(state, f"{s}.0.ffn.project_in.weight", source, 4)[0] // 2 for s in ENCODERS]
-    return dict(
+    ffn = infer_ffn(state, source)
+    halve = 2 if ffn in ("msfn", "gdfn") else 1  # the FFN's first 1x1 expands to 2 x hidden
+    hidden = [_shape(state, f"{s}.0.ffn.project_in.weight", source, 4)[0] // halve for s in ENCODERS]
+    mefc = any(k.startswith("encoder_level0.") for k in state)
+    mixing = mixing_scalars(state)
+    config = dict(
         inp_channels=int(embed[1]),
         out_channels=int(out[0]),
         dim=int(dim),
@@ -131,8 +176,48 @@ def infer_config(state: Mapping[str, Tensor], source: str = "checkpoint") -> dic
         ffn_expansion_factor=infer_ffn_factor(widths, hidden, source),
         bias="encoder_level1.0.attn.qkv.bias" in state,
         LayerNorm_type="WithBias" if "encoder_level1.0.norm1.body.bias" in state else "BiasFree",
-        mefc=any(k.startswith(("encoder_level0.", "refinement.")) for k in state),
+        mefc=mefc,
+        attention="topk" if mixing else "dense",
+        topk_ratios=list(PAPER_RATIOS),
+        ffn=ffn,
+        num_refinement_blocks=0 if mefc else counts[REFINEMENT],
+        dual_pixel_task="skip_conv.weight" in state,
     )
+    if not mixing and "topk_ratios" in known:  # unused by dense attention; kept as the file says
+        config["topk_ratios"] = format_ratios(known["topk_ratios"])
+    elif mixing and (mixing != len(PAPER_RATIOS) or "topk_ratios" in known):
+        ratios = known.get("topk_ratios")
+        if ratios is None or len(ratios) != mixing:
+            raise CheckpointError(
+                f"{source}: its attention mixes {mixing} top-k ratios (attn1..attn{mixing}), and which ones is not "
+                "in its keys; files this package's training writes carry them, or give topk_ratios "
+                "(from_checkpoint(..., topk_ratios=[...]))"
+            )
+        config["topk_ratios"] = format_ratios(ratios)
+    return config
+
+
+def checkpoint_notes(config: Mapping[str, Any], source: str) -> list[str]:
+    """What a user should know about how a file was read: a DRSformer without top-k mixing scalars is read as
+    dense attention."""
+    if config["attention"] == "dense" and config["ffn"] == "msfn":
+        return [
+            f"{source}: a DRSformer without the top-k mixing scalars attn1..attn4, loaded as dense attention (every "
+            "score kept), what such a file computes; the authors' Rain100L upload (their issue #4) is one, and what "
+            "it was trained as is not known"
+        ]
+    return []
+
+
+def build_from_config(config: Mapping[str, Any], source: str) -> DRSformer:
+    """The network a configuration describes: a :class:`Restormer` when it is one, else a DRSformer."""
+    try:
+        if architecture_name(config) == "Restormer":
+            return Restormer(**{k: config[k] for k in RESTORMER_ARGUMENTS if k in config},
+                             impl=config.get("impl", "fast"))  # fmt: skip
+        return DRSformer(**config)
+    except ConfigError as err:
+        raise CheckpointError(f"{source}: its shapes describe no valid network ({err})") from None
 
 
 def _pattern_summary(keys: list[str], limit: int = 3) -> str:
@@ -147,19 +232,14 @@ def check_keys(model: torch.nn.Module, state: Mapping[str, Tensor], source: str)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    if missing and all(re.search(r"\.attn\.attn[1-4]$", k) for k in missing) and not unexpected:
-        raise CheckpointError(
-            f"{source}: lacks the top-k mixing scalars attn1..attn4 of all {len(missing) // 4} attention layers "
-            "(the authors' mis-uploaded Rain100L checkpoint looks like this, DRSformer issue #4); "
-            "the model cannot run without them, so use another checkpoint or retrain"
-        )
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys: {_pattern_summary(missing)}")
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected keys: {_pattern_summary(unexpected)}")
     if problems:
-        raise CheckpointError(f"{source}: does not match DRSformer; " + "; ".join(problems))
+        name = architecture_name(getattr(model, "config", {}))
+        raise CheckpointError(f"{source}: does not match {name}; " + "; ".join(problems))
     for name, tensor in expected.items():
         found = state[name]
         if found.shape != tensor.shape:
@@ -184,10 +264,14 @@ def weights_key(obj: Any, requested: str | None) -> tuple[str, str | None]:
 
 def load_model(path: str | os.PathLike, key: str | None = None, **overrides: Any) -> tuple[DRSformer, str | None]:
     """:func:`from_checkpoint` of a file, with ``key`` None choosing as :func:`weights_key` does; returns the model
-    and the note to show when the file chose the weights."""
+    and the notes to show (which weights the file chose, how it was read), one per line."""
     obj = read_checkpoint(path)
     chosen, note = weights_key(obj, key)
-    return from_checkpoint(obj, key=chosen, source=os.fspath(path), **overrides), note
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CheckpointNote)
+        model = from_checkpoint(obj, key=chosen, source=os.fspath(path), **overrides)
+    notes = ([note] if note else []) + [str(w.message) for w in caught if issubclass(w.category, CheckpointNote)]
+    return model, "\n".join(notes) or None
 
 
 def from_checkpoint(
@@ -197,11 +281,13 @@ def from_checkpoint(
     source: str | None = None,
     **overrides: Any,
 ) -> DRSformer:
-    """Builds the DRSformer a checkpoint was trained as and loads it strictly.
+    """Builds the network a checkpoint was trained as (DRSformer, a variant of it, or Restormer: read from its keys
+    and shapes) and loads it strictly.
 
     ``checkpoint`` is a file path, a wrapper dict such as ``{'params': ...}`` or a bare state dict; ``key``
     picks ``params`` or ``params_ema``; ``source`` names a dict's origin in messages. ``overrides`` replace
-    inferred constructor arguments (``impl`` too).
+    inferred constructor arguments (``impl`` too). How the file was read, when a user should know, is a
+    :class:`CheckpointNote` warning.
     """
     if isinstance(checkpoint, Mapping):
         source, obj = source or "state dict", checkpoint
@@ -211,11 +297,12 @@ def from_checkpoint(
         source = os.fspath(checkpoint)
         obj = read_checkpoint(source, map_location=map_location)
     state = extract_state_dict(obj, key=key, source=source)
-    config = {**infer_config(state, source), **overrides}
-    try:
-        model = DRSformer(**config)
-    except ConfigError as err:
-        raise CheckpointError(f"{source}: its shapes describe no valid DRSformer ({err})") from None
+    stored = obj.get(ARCHITECTURE_KEY) if isinstance(obj, Mapping) else None
+    known = {**(stored if isinstance(stored, Mapping) else {}), **overrides}
+    config = {**infer_config(state, source, known), **overrides}
+    for note in checkpoint_notes(config, source):
+        warnings.warn(note, CheckpointNote, stacklevel=2)
+    model = build_from_config(config, source)
     check_keys(model, state, source)
     model.load_state_dict(state, strict=True)
     return model

@@ -1,10 +1,16 @@
-"""DRSformer: a 4-level U-shaped sparse Transformer for single-image deraining (Chen et al., CVPR 2023).
+"""DRSformer (Chen et al., CVPR 2023) and the network family it belongs to: the 4-level U shape of
+:mod:`.unet` built of the blocks of :mod:`.blocks`, with its parts as options.
 
-Constructor arguments follow the published YAML ``network_g`` section. Module attribute names follow the
-published state-dict layout, so official ``{'params': ...}`` checkpoints load strictly without key renaming.
+The defaults are the paper's model. ``attention`` (``topk`` with ``topk_ratios``, or ``dense``), ``ffn``
+(``msfn``, ``gdfn``, ``dfn``, ``fn``), ``mefc`` and ``num_refinement_blocks`` (Transformer blocks at full
+resolution where MEFC's refinement would be) reproduce the paper's ablations, and Restormer (Zamir et al.,
+CVPR 2022) is the configuration with dense attention, GDFN, no MEFC and four refinement blocks
+(:mod:`.restormer`). Constructor arguments follow the published YAML ``network_g`` sections; module attribute
+names follow the published state-dict layouts, so each paper's ``{'params': ...}`` checkpoints load strictly
+without key renaming.
 
 Every block has two implementations of the same maths, selected with :meth:`DRSformer.set_impl`:
-``"reference"`` computes it as the paper and published code write it, ``"fast"`` (default) rearranges the
+``"reference"`` computes it as the papers and published code write it, ``"fast"`` (default) rearranges the
 algebra (see each module's docstring). Both give the same function on the same parameters. The ``layout`` part
 is the memory layout: ``"fast"`` runs CPU inputs channels-last (NHWC), where oneDNN's convolutions and the fused
 layer norm are much faster; CUDA inputs keep the layout they come in.
@@ -12,219 +18,46 @@ layer norm are much faster; CUDA inputs keep the layout they come in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
-from ..registry import ARCH_REGISTRY, check_kwargs
-from .attention import AttentionSums, TopKSparseAttention, autocast_off
-from .mefc import MEFC, conv_radius
+from ..registry import ARCH_REGISTRY
+from .attention import ATTENTIONS, PAPER_RATIOS, ChannelAttention, format_ratios, topk_counts
+from .blocks import (
+    FFN_TYPES,
+    FFNS,
+    LAYERNORM_TYPES,
+    Downsample,
+    LayerNorm,
+    OverlapPatchEmbed,
+    TransformerBlock,
+    Upsample,
+)
+from .mefc import MEFC
 from .padding import crop_to, is_tracing, pad_to_multiple
 from .unet import SIZE_MULTIPLE, build_plan
 
 IMPLS = ("fast", "reference")
 IMPL_PARTS = ("attention", "ffn", "mefc", "norm", "layout")
-LAYERNORM_TYPES = ("WithBias", "BiasFree")
 
 
-def _at_least_float32(x: Tensor) -> Tensor:
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-class _ChannelNorm(nn.Module):
-    """Layer norm over the channel axis of NCHW maps, eps 1e-5 inside the square root (``body.weight``...).
-
-    Statistics are computed in float32 (float64 for float64 inputs) and the result is returned in the input's
-    dtype: under fp16 autocast a channel variance above 65504 would otherwise become inf, and ``rsqrt(inf) = 0``
-    would zero the features.
-    """
-
-    def __init__(self, dim: int, with_bias: bool) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if with_bias else None
-
-    def forward_reference(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        with autocast_off(x.device.type):
-            t = _at_least_float32(x).flatten(2).transpose(1, 2)  # (B, HW, C) as the paper's code does
-            var = t.var(-1, keepdim=True, unbiased=False)
-            if self.bias is None:
-                t = t / torch.sqrt(var + 1e-5) * self.weight
-            else:
-                t = (t - t.mean(-1, keepdim=True)) / torch.sqrt(var + 1e-5) * self.weight + self.bias
-            return t.transpose(1, 2).reshape(b, c, h, w).to(x.dtype)
-
-    def forward_fast(self, x: Tensor) -> Tensor:
-        with autocast_off(x.device.type):
-            xf = _at_least_float32(x)
-            weight = self.weight.to(xf.dtype)
-            bias = None if self.bias is None else self.bias.to(xf.dtype)
-            if bias is not None and x.is_contiguous(memory_format=torch.channels_last):
-                # NHWC storage: the permuted view is contiguous, so the fused kernel runs without copies.
-                out = F.layer_norm(xf.permute(0, 2, 3, 1), x.shape[1:2], weight, bias, 1e-5)
-                return out.permute(0, 3, 1, 2).to(x.dtype)
-            var, mean = torch.var_mean(xf, dim=1, keepdim=True, correction=0)
-            scale = torch.rsqrt(var + 1e-5)
-            if bias is None:
-                return (xf * scale * weight.view(1, -1, 1, 1)).to(x.dtype)
-            return torch.addcmul(bias.view(1, -1, 1, 1), (xf - mean) * scale, weight.view(1, -1, 1, 1)).to(x.dtype)
-
-
-class LayerNorm(nn.Module):
-    """``WithBias`` (standard) or ``BiasFree`` (no centring, no bias) channel layer norm (``norm*.body``)."""
-
-    def __init__(self, dim: int, layernorm_type: str, impl: str = "fast") -> None:
-        super().__init__()
-        if layernorm_type not in LAYERNORM_TYPES:
-            raise ConfigError(f"LayerNorm_type must be one of {LAYERNORM_TYPES}, got {layernorm_type!r}")
-        self.impl = impl
-        self.body = _ChannelNorm(dim, with_bias=layernorm_type == "WithBias")
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body.forward_fast(x) if self.impl == "fast" else self.body.forward_reference(x)
-
-
-class MixedScaleFeedForward(nn.Module):
-    """MSFN: 1x1 up -> parallel depthwise 3x3 / 5x5 (+ReLU) -> the halves swap branches -> grouped 3x3 / 5x5
-    (+ReLU) -> 1x1 down.
-
-    Fast path: the 1x1 down-projection of ``cat([x1, x2])`` is split into ``W_1 x1 + W_2 x2``, so the widest
-    concatenation (2 x hidden channels) becomes an add over ``dim`` channels.
-    """
-
-    def __init__(self, dim: int, ffn_expansion_factor: float, bias: bool, impl: str = "fast") -> None:
-        super().__init__()
-        hidden = int(dim * ffn_expansion_factor)
-        self.hidden = hidden
-        self.impl = impl
-        self.project_in = nn.Conv2d(dim, hidden * 2, kernel_size=1, bias=bias)
-        self.dwconv3x3 = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=bias)
-        self.dwconv5x5 = nn.Conv2d(hidden * 2, hidden * 2, 5, padding=2, groups=hidden * 2, bias=bias)
-        self.dwconv3x3_1 = nn.Conv2d(hidden * 2, hidden, 3, padding=1, groups=hidden, bias=bias)
-        self.dwconv5x5_1 = nn.Conv2d(hidden * 2, hidden, 5, padding=2, groups=hidden, bias=bias)
-        self.project_out = nn.Conv2d(hidden * 2, dim, kernel_size=1, bias=bias)
-
-    def _mixed_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.project_in(x)
-        x1_3, x2_3 = F.relu(self.dwconv3x3(x)).chunk(2, dim=1)
-        x1_5, x2_5 = F.relu(self.dwconv5x5(x)).chunk(2, dim=1)
-        x1 = F.relu(self.dwconv3x3_1(torch.cat([x1_3, x1_5], dim=1)))
-        x2 = F.relu(self.dwconv5x5_1(torch.cat([x2_3, x2_5], dim=1)))
-        return x1, x2
-
-    def forward_reference(self, x: Tensor) -> Tensor:
-        return self.project_out(torch.cat(self._mixed_scale(x), dim=1))
-
-    def forward_fast(self, x: Tensor) -> Tensor:
-        x1, x2 = self._mixed_scale(x)
-        w1, w2 = self.project_out.weight.split(self.hidden, dim=1)
-        return F.conv2d(x1, w1, self.project_out.bias).add_(F.conv2d(x2, w2))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_fast(x) if self.impl == "fast" else self.forward_reference(x)
-
-    def receptive_radius(self) -> int:
-        first = max(conv_radius(self.dwconv3x3), conv_radius(self.dwconv5x5))
-        return first + max(conv_radius(self.dwconv3x3_1), conv_radius(self.dwconv5x5_1))
-
-
-class TransformerBlock(nn.Module):
-    """Sparse Transformer block: ``x + TKSA(LN(x))`` then ``x + MSFN(LN(x))``.
-
-    With ``checkpointing`` set (see :meth:`DRSformer.set_activation_checkpointing`), training keeps only the
-    block's input and recomputes the rest during the backward pass.
-    """
-
-    def __init__(
-        self, dim: int, num_heads: int, ffn_expansion_factor: float, bias: bool, LayerNorm_type: str, impl: str
-    ) -> None:
-        super().__init__()
-        self.norm1 = LayerNorm(dim, LayerNorm_type, impl)
-        self.attn = TopKSparseAttention(dim, num_heads, bias, impl)
-        self.norm2 = LayerNorm(dim, LayerNorm_type, impl)
-        self.ffn = MixedScaleFeedForward(dim, ffn_expansion_factor, bias, impl)
-        self.checkpointing = False
-
-    def _body(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.checkpointing and torch.is_grad_enabled():
-            return checkpoint(self._body, x, use_reentrant=False)
-        return self._body(x)
-
-    # The block split at its one global step, for tiled inference: the attention weights depend on sums over
-    # every position (attention_sums of q and k); given them, the block is local.
-    def query_key(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The attention's q and k (B, heads, C / heads, H, W); each pixel sees :meth:`query_key_radius` pixels."""
-        q, k, _ = self.attn.project_qkv(self.norm1(x))
-        return q, k
-
-    def query_key_radius(self) -> int:
-        return conv_radius(self.attn.qkv_dwconv)
-
-    def forward_with_sums(self, x: Tensor, sums: AttentionSums) -> Tensor:
-        """The block's output given the attention sums of its whole input; reads :meth:`receptive_radius` pixels."""
-        _, _, v = self.attn.project_qkv(self.norm1(x))
-        x = x + self.attn.apply_weights(self.attn.weights(sums), v)
-        return x + self.ffn(self.norm2(x))
-
-    def receptive_radius(self) -> int:
-        return conv_radius(self.attn.qkv_dwconv) + self.ffn.receptive_radius()
-
-
-class OverlapPatchEmbed(nn.Module):
-    """3x3 conv from image to features (``patch_embed.proj``)."""
-
-    def __init__(self, in_channels: int, dim: int, bias: bool = False) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_channels, dim, kernel_size=3, padding=1, bias=bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x)
-
-
-class Downsample(nn.Module):
-    """3x3 conv halving channels, then pixel-unshuffle: C -> 2C, H/2 x W/2."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels // 2, 3, padding=1, bias=False), nn.PixelUnshuffle(2))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-
-class Upsample(nn.Module):
-    """3x3 conv doubling channels, then pixel-shuffle: C -> C/2, 2H x 2W."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels * 2, 3, padding=1, bias=False), nn.PixelShuffle(2))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-
-# The modules with a fast and a reference implementation (an ``impl`` attribute).
-Switchable = TopKSparseAttention | MixedScaleFeedForward | MEFC | LayerNorm
-
-
-def _stage(n: int, dim: int, heads: int, ffn: float, bias: bool, norm: str, impl: str) -> nn.Sequential:
-    return nn.Sequential(*(TransformerBlock(dim, heads, ffn, bias, norm, impl) for _ in range(n)))
+# The modules with a fast and a reference implementation (an ``impl`` attribute), by part.
+PART_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
+    "attention": (ChannelAttention,),
+    "ffn": tuple(FFN_TYPES.values()),
+    "mefc": (MEFC,),
+    "norm": (LayerNorm,),
+}
 
 
 def _check_sizes(
     inp_channels: int, out_channels: int, dim: int, num_blocks: Sequence[int], heads: Sequence[int], ffn: float
 ) -> None:
-    """Raises :class:`ConfigError` for sizes no DRSformer can be built with."""
+    """Raises :class:`ConfigError` for sizes no network of the family can be built with."""
     if len(num_blocks) != 4 or len(heads) != 4:
         raise ConfigError(f"num_blocks and heads need 4 entries each, got {list(num_blocks)} and {list(heads)}")
     for name, value in (("inp_channels", inp_channels), ("out_channels", out_channels), ("dim", dim)):
@@ -240,12 +73,28 @@ def _check_sizes(
             raise ConfigError(f"ffn_expansion_factor {ffn} gives no hidden channels at width {width}")
 
 
+def _check_parts(attention: str, ffn: str, mefc: bool, num_refinement_blocks: int) -> None:
+    if attention not in ATTENTIONS:
+        raise ConfigError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+    if ffn not in FFNS:
+        raise ConfigError(f"ffn must be one of {', '.join(FFNS)}, got {ffn!r}")
+    if num_refinement_blocks < 0:
+        raise ConfigError(f"num_refinement_blocks must be at least 0, got {num_refinement_blocks}")
+    if mefc and num_refinement_blocks:
+        raise ConfigError(
+            "mefc and num_refinement_blocks both refine at full resolution (both are named `refinement`); "
+            "set mefc: false to use refinement blocks"
+        )
+
+
 @ARCH_REGISTRY.register()
 class DRSformer(nn.Module):
-    """The paper's model. ``mefc=False`` drops both compensators (the Rain200L / SPA-Data model).
+    """The paper's model, and with its options the family of its ablations and of Restormer (see the module).
+    ``mefc=False`` drops both compensators (the Rain200L / SPA-Data model).
 
     Any H x W is accepted: the input is reflect-padded at the bottom/right to a multiple of 8 and the output
-    cropped back, as the published test script does.
+    cropped back, as the published test script does. ``dual_pixel_task`` is Restormer's defocus-deblurring
+    mode (two 3-channel views in, no residual to the input).
     """
 
     def __init__(
@@ -259,12 +108,24 @@ class DRSformer(nn.Module):
         bias: bool = False,
         LayerNorm_type: str = "WithBias",  # the published YAML key
         mefc: bool = True,
+        attention: str = "topk",
+        topk_ratios: Sequence[str | float] = PAPER_RATIOS,
+        ffn: str = "msfn",
+        num_refinement_blocks: int = 0,
+        dual_pixel_task: bool = False,
         impl: str = "fast",
     ) -> None:
         super().__init__()
         _check_sizes(inp_channels, out_channels, dim, num_blocks, heads, ffn_expansion_factor)
+        _check_parts(attention, ffn, mefc, num_refinement_blocks)
+        if LayerNorm_type not in LAYERNORM_TYPES:
+            raise ConfigError(f"LayerNorm_type must be one of {LAYERNORM_TYPES}, got {LayerNorm_type!r}")
         if impl not in IMPLS:
             raise ConfigError(f"impl must be one of {IMPLS}, got {impl!r}")
+        ratios = format_ratios(topk_ratios)
+        if attention == "topk":
+            for level, head_count in enumerate(heads):
+                topk_counts(dim * 2**level // head_count, ratios)
         self.config: dict[str, Any] = dict(
             inp_channels=inp_channels,
             out_channels=out_channels,
@@ -275,34 +136,53 @@ class DRSformer(nn.Module):
             bias=bias,
             LayerNorm_type=LayerNorm_type,
             mefc=mefc,
+            attention=attention,
+            topk_ratios=ratios,
+            ffn=ffn,
+            num_refinement_blocks=int(num_refinement_blocks),
+            dual_pixel_task=bool(dual_pixel_task),
         )
         self.layout_impl = impl
-        args = (ffn_expansion_factor, bias, LayerNorm_type, impl)
         d1, d2, d3, d4 = dim, dim * 2, dim * 4, dim * 8
+
+        def stage(count: int, width: int, head_count: int) -> nn.Sequential:
+            return nn.Sequential(
+                *(
+                    TransformerBlock(
+                        width, head_count, ffn_expansion_factor, bias, LayerNorm_type, impl, attention, ffn, ratios
+                    )
+                    for _ in range(count)
+                )
+            )
 
         self.patch_embed = OverlapPatchEmbed(inp_channels, dim)
         if mefc:
             self.encoder_level0 = MEFC(d1, impl=impl)
-        self.encoder_level1 = _stage(num_blocks[0], d1, heads[0], *args)
+        self.encoder_level1 = stage(num_blocks[0], d1, heads[0])
         self.down1_2 = Downsample(d1)
-        self.encoder_level2 = _stage(num_blocks[1], d2, heads[1], *args)
+        self.encoder_level2 = stage(num_blocks[1], d2, heads[1])
         self.down2_3 = Downsample(d2)
-        self.encoder_level3 = _stage(num_blocks[2], d3, heads[2], *args)
+        self.encoder_level3 = stage(num_blocks[2], d3, heads[2])
         self.down3_4 = Downsample(d3)
-        self.latent = _stage(num_blocks[3], d4, heads[3], *args)
+        self.latent = stage(num_blocks[3], d4, heads[3])
 
         self.up4_3 = Upsample(d4)
         self.reduce_chan_level3 = nn.Conv2d(d4, d3, kernel_size=1, bias=bias)
-        self.decoder_level3 = _stage(num_blocks[2], d3, heads[2], *args)
+        self.decoder_level3 = stage(num_blocks[2], d3, heads[2])
         self.up3_2 = Upsample(d3)
         self.reduce_chan_level2 = nn.Conv2d(d3, d2, kernel_size=1, bias=bias)
-        self.decoder_level2 = _stage(num_blocks[1], d2, heads[1], *args)
+        self.decoder_level2 = stage(num_blocks[1], d2, heads[1])
         self.up2_1 = Upsample(d2)  # no channel reduction at level 1: the decoder runs at 2 * dim
-        self.decoder_level1 = _stage(num_blocks[0], d2, heads[0], *args)
+        self.decoder_level1 = stage(num_blocks[0], d2, heads[0])
+        self.refinement: nn.Module
         if mefc:
             self.refinement = MEFC(d2, impl=impl)
+        elif num_refinement_blocks:
+            self.refinement = stage(num_refinement_blocks, d2, heads[0])
+        if dual_pixel_task:
+            self.skip_conv = nn.Conv2d(dim, d2, kernel_size=1, bias=bias)
         self.output = nn.Conv2d(d2, out_channels, kernel_size=3, padding=1, bias=bias)
-        self.plan = build_plan(self.config["num_blocks"], mefc)
+        self.plan = build_plan(self.config["num_blocks"], mefc, int(num_refinement_blocks), bool(dual_pixel_task))
 
     @property
     def has_mefc(self) -> bool:
@@ -312,22 +192,16 @@ class DRSformer(nn.Module):
         """Switches ``parts`` (attention, ffn, mefc, norm, layout) to the ``fast`` or ``reference`` implementation."""
         if impl not in IMPLS:
             raise ConfigError(f"impl must be one of {IMPLS}, got {impl!r}")
-        kinds: dict[str, type[Switchable]] = {
-            "attention": TopKSparseAttention,
-            "ffn": MixedScaleFeedForward,
-            "mefc": MEFC,
-            "norm": LayerNorm,
-        }
         parts = list(parts)
         for part in parts:
             if part not in IMPL_PARTS:
                 raise ConfigError(f"unknown part {part!r}; choose from {IMPL_PARTS}")
         if "layout" in parts:
             self.layout_impl = impl
-        selected = tuple(kinds[p] for p in parts if p != "layout")
+        selected = tuple(kind for p in parts if p != "layout" for kind in PART_TYPES[p])
         for module in self.modules():
             if isinstance(module, selected):
-                module.impl = impl
+                setattr(module, "impl", impl)  # noqa: B010 (every selected kind has an impl attribute)
         return self
 
     def set_activation_checkpointing(self, enabled: bool = True) -> DRSformer:
@@ -348,6 +222,9 @@ class DRSformer(nn.Module):
                 y = torch.cat([module(y), saved.pop(step.skip)], dim=1)
                 if step.reduce is not None:
                     y = self.get_submodule(step.reduce)(y)
+            elif step.kind == "output" and step.skip is not None:  # dual-pixel: a 1x1 skip, no residual
+                assert step.reduce is not None
+                y = module(y + self.get_submodule(step.reduce)(saved[step.skip]))
             elif step.kind == "output":
                 y = module(y) + x
             else:
@@ -367,19 +244,23 @@ class DRSformer(nn.Module):
         return out.contiguous() if relayout and x.is_contiguous() else out
 
 
-@ARCH_REGISTRY.register()
-def drsformer(**overrides) -> DRSformer:
-    """The paper's model with MEFC (Rain200H, DID-Data, DDN-Data): 33,655,424 parameters."""
-    check_kwargs(DRSformer, overrides, "drsformer")
-    return DRSformer(**{"mefc": True, **overrides})
-
-
-@ARCH_REGISTRY.register()
-def drsformer_no_mefc(**overrides) -> DRSformer:
-    """The paper's model without MEFC (Rain200L, SPA-Data): 32,610,304 parameters."""
-    check_kwargs(DRSformer, overrides, "drsformer_no_mefc")
-    return DRSformer(**{"mefc": False, **overrides})
-
-
-# Named variants: the paper's two models (``--variant`` on the command line, ``type:`` in YAML).
-VARIANTS = {"drsformer": drsformer, "drsformer_no_mefc": drsformer_no_mefc}
+def architecture_name(config: Mapping[str, Any]) -> str:
+    """What a configuration is, in words: ``DRSformer``, ``DRSformer without MEFC``, ``Restormer``, or the
+    DRSformer variant with the parts that differ from the paper's (``DRSformer (dense attention, GDFN)``)."""
+    mefc, attention, ffn = config.get("mefc", True), config.get("attention", "topk"), config.get("ffn", "msfn")
+    refinement = config.get("num_refinement_blocks", 0)
+    if not mefc and attention == "dense" and ffn == "gdfn" and refinement:
+        return "Restormer"
+    changes = []
+    if attention == "dense":
+        changes.append("dense attention")
+    elif format_ratios(config.get("topk_ratios", PAPER_RATIOS)) != list(PAPER_RATIOS):
+        changes.append(f"top-k ratios {', '.join(format_ratios(config['topk_ratios']))}")
+    if ffn != "msfn":
+        changes.append(ffn.upper())
+    if refinement:
+        changes.append(f"{refinement} refinement blocks")
+    if config.get("dual_pixel_task"):
+        changes.append("dual-pixel")
+    name = "DRSformer" if mefc else "DRSformer without MEFC"
+    return f"{name} ({', '.join(changes)})" if changes else name

@@ -15,7 +15,8 @@ loads. The files we write also carry, in the header's ``__metadata__``:
   an error instead of different weights. Files without it (anyone else's) load unchecked.
 
 Reading gives a dict like a ``.pth`` file's: ``{params_key: state_dict}``, plus ``validated: params_key`` when the
-metadata names the weights (``params`` otherwise).
+metadata names the weights (``params`` otherwise), and ``architecture`` (the network's constructor arguments)
+when the metadata holds ``drsformer.architecture``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from ..optional import require
 
 WRAPPER_KEYS = ("params", "params_ema", "state_dict", "model", "net_g")  # where checkpoints keep their weights
 VALIDATED_KEY = "validated"  # in our training runs' weight files: the weights the run validated
+ARCHITECTURE_KEY = "architecture"  # in our weight files: the network's constructor arguments
+ARCHITECTURE_ENTRY = "drsformer.architecture"  # the same in a safetensors file's metadata, as JSON
 SUFFIX = ".safetensors"
 PARAMS_KEY_ENTRY = "drsformer.params_key"
 DIGEST_ENTRY = "drsformer.sha256"
@@ -88,7 +91,13 @@ def read_safetensors(path: str | os.PathLike, map_location: str | torch.device =
     if params_key is None:
         return {"params": state}
     _check_params_key(params_key, name)
-    return {params_key: state, VALIDATED_KEY: params_key}
+    out: dict[str, Any] = {params_key: state, VALIDATED_KEY: params_key}
+    if ARCHITECTURE_ENTRY in metadata:
+        try:
+            out[ARCHITECTURE_KEY] = json.loads(metadata[ARCHITECTURE_ENTRY])
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{name}: its {ARCHITECTURE_ENTRY} metadata is not JSON") from None
+    return out
 
 
 def save_safetensors(

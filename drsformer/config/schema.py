@@ -81,6 +81,20 @@ class Mapping:
 
 
 @dataclass(frozen=True)
+class ListOf:
+    """A list whose every item follows ``item`` (e.g. a test file's ``models``); absent or null: empty."""
+
+    item: Any
+
+    def validate(self, validator: Validator, value: Any, present: bool, where: str) -> Any:
+        if not present or value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type_name(value)} {value!r}")
+        return [validator.value(self.item, v, True, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+@dataclass(frozen=True)
 class Typed:
     """A ``type:`` section built through ``registry``; ``runtime`` keys are supplied by the program."""
 

@@ -23,7 +23,7 @@ from ..benchmarks import Benchmark
 from ..errors import ConfigError
 from ..precision import PRECISIONS
 from .load import load_options as load_yaml_options
-from .schema import Field, Ignored, Mapping, Section, check_section
+from .schema import Field, Ignored, ListOf, Mapping, Section, check_section
 
 
 def _optional(kind: str) -> Field:
@@ -52,9 +52,12 @@ SCHEMA: dict[str, Any] = {
     "report": Field("bool", False),
     "compare_to": _optional("str"),
     "datasets": Mapping(Section(DATASET_SCHEMA)),
+    "models": ListOf(Section({"name": Field("str"), "weights": Field("str"), "params_key": _optional("str")})),
 }
-# Settings a command-line flag of the same name overrides: all but the name and the datasets.
-FLAG_SETTINGS = tuple(k for k, v in SCHEMA.items() if k not in ("name", "datasets") and not isinstance(v, Ignored))
+# Settings a command-line flag of the same name overrides: all but the name, the datasets and the models.
+FLAG_SETTINGS = tuple(
+    k for k, v in SCHEMA.items() if k not in ("name", "datasets", "models") and not isinstance(v, Ignored)
+)
 
 
 @dataclass
@@ -70,6 +73,7 @@ class TestSet:
     origin: str = ""  # where the set was named (file key or flag), for messages
     pairs: list[tuple[Path, Path | None]] = field(default_factory=list)  # (input, target or None), once checked
     targetless: bool = False  # no target/: scored with the no-reference metrics
+    model: str | None = None  # the ``models`` entry that restores it, in a file that compares several
 
     __test__ = False  # not a pytest test class, whatever its name
 
@@ -120,6 +124,9 @@ def plan_sets(
         entries[key] = {**entries.get(key, {}), **entry}
     if not entries:
         raise ConfigError("no datasets to test: give -opt FILE or --data NAME=DIR (DIR holds input/ and target/)")
+    models = source["models"]
+    if models and flags.get("weights"):
+        raise ConfigError(f"{where_file}models: --weights would replace every model's weights; leave it out")
     sets = []
     for name, entry in entries.items():
         bench = benchmarks.find(name)
@@ -128,12 +135,19 @@ def plan_sets(
         protocol = (
             benchmarks.resolve_protocol(chosen, [name], "--protocol", entry["origin"]) if chosen or bench else None
         )
-        weights = flags.get("weights") or entry.get("weights") or settings.get("weights")
-        if not weights:
-            raise ConfigError(
-                f"{entry['origin']}: no weights; give --weights FILE, or weights: in the options file "
-                f"(for all datasets or under datasets.{name})"
-            )
-        params_key = flags.get("params_key") or entry.get("params_key") or settings["params_key"]
-        sets.append(TestSet(name, Path(entry["path"]), protocol, weights, params_key, bench, entry["origin"]))
+        for model in models or [None]:
+            if model is not None:
+                weights, params_key, label = model["weights"], model["params_key"], model["name"]
+            else:
+                weights = flags.get("weights") or entry.get("weights") or settings.get("weights")
+                params_key = flags.get("params_key") or entry.get("params_key") or settings["params_key"]
+                label = None
+            if not weights:
+                raise ConfigError(
+                    f"{entry['origin']}: no weights; give --weights FILE, or weights: in the options file "
+                    f"(for all datasets or under datasets.{name})"
+                )
+            test_set = TestSet(name, Path(entry["path"]), protocol, weights, params_key, bench, entry["origin"])
+            test_set.model = label
+            sets.append(test_set)
     return sets, settings

@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..archs import DRSformer
-from ..archs.attention import TopKSparseAttention, attention_sums, scores_from_sums, topk_counts
+from ..archs.attention import TopKSparseAttention, attention_sums, scores_from_sums
 
 # Largest |exported - PyTorch fp32| allowed, per precision of the exported graph (pixel values in [0, 1]).
 BOUNDS = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 6e-2}
@@ -35,16 +35,18 @@ DYNAMIC_SIZES = ((77, 131), (96, 72), (57, 200))
 
 
 def smallest_topk_gap(model: DRSformer, image: Tensor) -> float:
-    """The smallest k-th minus (k+1)-th largest attention score, over every attention layer of ``model``, every
-    row and the four top-k thresholds, on ``image``."""
+    """The smallest k-th minus (k+1)-th largest attention score, over every top-k attention layer of ``model``,
+    every row and every threshold, on ``image`` (infinite for a model without top-k attention: nothing to flip)."""
     gaps: list[float] = []
 
-    def record(module: TopKSparseAttention, inputs: tuple[Tensor, ...], _output: Tensor) -> None:
+    def record(module: nn.Module, inputs: tuple[Tensor, ...], _output: Tensor) -> None:
+        assert isinstance(module, TopKSparseAttention)
         q, k, _ = module.project_qkv(inputs[0])
         scores = scores_from_sums(attention_sums(q.flatten(-2), k.flatten(-2)), module.temperature)
         ordered = scores.sort(dim=-1, descending=True).values
-        for count in topk_counts(scores.shape[-1]):
-            gaps.append((ordered[..., count - 1] - ordered[..., count]).min().item())
+        for count in module.counts:
+            if count < ordered.shape[-1]:  # a ratio of 1 keeps every score: no threshold
+                gaps.append((ordered[..., count - 1] - ordered[..., count]).min().item())
 
     hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, TopKSparseAttention)]
     try:
@@ -53,7 +55,7 @@ def smallest_topk_gap(model: DRSformer, image: Tensor) -> float:
     finally:
         for hook in hooks:
             hook.remove()
-    return min(gaps)
+    return min(gaps, default=float("inf"))
 
 
 @dataclass

@@ -11,6 +11,7 @@ run validates (see :mod:`drsformer.archs.weight_files`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..archs.weight_files import read_checkpoint, read_checkpoint_bytes
+from ..archs.weight_files import ARCHITECTURE_KEY, read_checkpoint, read_checkpoint_bytes
 from ..errors import CheckpointError
 from ..files import link_or_copy_atomic, save_torch_atomic
 
@@ -45,24 +46,29 @@ def save_weights(
     params: dict[str, torch.Tensor],
     params_ema: dict[str, torch.Tensor] | None,
     weights_format: str = "pth",
+    architecture: dict[str, Any] | None = None,
 ) -> Path:
     """Writes ``net_g_<iteration>.<weights_format>`` and points ``net_g_latest`` (same suffix) at it; returns its path.
 
     A ``.pth`` file holds ``params`` and, with EMA, ``params_ema`` and ``validated: params_ema`` (the weights the run
-    validated and picked ``net_g_best`` by). A ``.safetensors`` file holds one set: the validated weights, named in
-    its metadata.
+    validated and picked ``net_g_best`` by), and ``architecture``: the network's constructor arguments (what its
+    keys cannot tell, such as top-k ratios other than the paper's). A ``.safetensors`` file holds one set: the
+    validated weights, named in its metadata, with the architecture beside them.
     """
     path = weights_path(models_dir, iteration, weights_format)
     if weights_format == "safetensors":
-        from ..archs.weight_files import save_safetensors
+        from ..archs.weight_files import ARCHITECTURE_ENTRY, save_safetensors
 
         validated = "params" if params_ema is None else "params_ema"
-        save_safetensors(path, params if params_ema is None else params_ema, params_key=validated)
+        metadata = {ARCHITECTURE_ENTRY: json.dumps(architecture)} if architecture else None
+        save_safetensors(path, params if params_ema is None else params_ema, validated, metadata)
     else:
         payload: dict[str, Any] = {"params": cpu_state(params)}
         if params_ema is not None:
             payload["params_ema"] = cpu_state(params_ema)
             payload["validated"] = "params_ema"
+        if architecture:
+            payload[ARCHITECTURE_KEY] = dict(architecture)
         save_torch_atomic(payload, path)
     link_or_copy_atomic(path, weights_path(models_dir, "latest", weights_format))
     return path

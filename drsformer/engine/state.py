@@ -85,9 +85,9 @@ class StateKeeper:
         the current iteration, then retention; every process waits for the main one."""
         if self.dist.is_main:
             ema = parts.ema.module.state_dict() if parts.ema else None
-            weights = ckpt.save_weights(
-                self.run_dir / "models", progress.iteration, parts.model.state_dict(), ema, self.weights_format
-            )
+            architecture = getattr(parts.model, "config", None)
+            weights = ckpt.save_weights(self.run_dir / "models", progress.iteration, parts.model.state_dict(), ema,
+                                        self.weights_format, architecture)  # fmt: skip
             ckpt.save_state(self.run_dir / "training_states", progress.iteration, self.gather(parts, progress))
             ckpt.prune_run(self.run_dir, self.options["logger"]["keep_checkpoints"])
             self.logger.info(f"saved {weights.name} and training_states/{progress.iteration}.state")

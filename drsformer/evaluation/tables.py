@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import benchmarks
 from ..inference import InferenceSettings
 from ..metrics import noref
 from .scores import NOREF_KEYS, SetScores
@@ -68,6 +69,32 @@ def paired_table(results: list[SetScores]) -> str:
                 row += ["-"] * 4
         rows.append(row)
     return "\n".join(_markdown(header, ["---", "---"] + ["---:"] * (len(header) - 2), rows))
+
+
+def models_table(results: list[SetScores]) -> str:
+    """Several models on the same sets (a test file's ``models``): one row per model, one column per set with its
+    PSNR / SSIM, then the paper's rows for the sets it reports (DRSformer's Table 1, and the baselines it quotes)."""
+    models = list(dict.fromkeys(r.info["model"] for r in results))
+    sets = list(dict.fromkeys(r.name for r in results))
+    cell = {(r.info["model"], r.name): r for r in results}
+    header = ["model", *(f"{name} PSNR / SSIM" for name in sets)]
+    rows = []
+    for model in models:
+        row = [model]
+        for name in sets:
+            r = cell.get((model, name))
+            row.append("-" if r is None else f"{_number(r.mean('psnr'), 2)} / {_number(r.mean('ssim'), 4)}")
+        rows.append(row)
+    protocols = {r.name: r.protocol for r in results}
+    for paper, numbers in benchmarks.paper_rows().items():
+        row = [f"{paper} (paper)"]
+        for name in sets:
+            bench = benchmarks.find(name)
+            value = numbers.get(bench.name) if bench is not None and bench.protocol == protocols[name] else None
+            row.append("-" if value is None else f"{value[0]:.2f} / {_number(value[1], 4)}")
+        if any(cell != "-" for cell in row[1:]):
+            rows.append(row)
+    return "\n".join(_markdown(header, ["---"] + ["---:"] * len(sets), rows))
 
 
 def report_dict(results: list[SetScores], weights: str | None, settings: InferenceSettings, device: str) -> dict:

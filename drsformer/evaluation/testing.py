@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..archs import architecture_name
 from ..config.testing import TestSet
 from ..data.io import name_list
 from ..devices import resolve_device
@@ -24,7 +25,7 @@ from . import report
 from .restoring import restore_set
 from .scores import SetScores
 from .sets import check_folders
-from .tables import format_table, report_dict
+from .tables import format_table, models_table, report_dict
 
 
 @dataclass
@@ -79,13 +80,14 @@ def load_models(sets: list[TestSet]) -> dict[tuple[str, str | None], nn.Module]:
 
 
 def _describe(test_set: TestSet, model: nn.Module) -> str:
-    variant = "with MEFC" if getattr(model, "has_mefc", True) else "without MEFC"
+    variant = architecture_name(getattr(model, "config", {})) if hasattr(model, "config") else type(model).__name__
     what = (
         f"{len(test_set.pairs)} images in {test_set.root} (no target/: NIQE and BRISQUE of input and output)"
         if test_set.targetless
         else f"{len(test_set.pairs)} pairs in {test_set.root}, {test_set.protocol} protocol"
     )
-    return f"{test_set.name}: {what}, weights {test_set.weights} ({variant})"
+    label = f"{test_set.model}: " if test_set.model else ""
+    return f"{label}{test_set.name}: {what}, weights {test_set.weights} ({variant})"
 
 
 def run_tests(run: TestRun) -> int:
@@ -100,15 +102,17 @@ def run_tests(run: TestRun) -> int:
     for test_set in run.sets:
         model = models[(test_set.weights, test_set.params_key)].to(run.device)
         print(_describe(test_set, model), file=sys.stderr)
-        folder = run.out / test_set.name
+        folder = run.out / test_set.model / test_set.name if test_set.model else run.out / test_set.name
         results.append(restore_set(test_set, model, folder, run.settings, run.device, run.progress))
+        if test_set.model:
+            results[-1].info["model"] = test_set.model
         model.to("cpu")  # free the GPU for the next set's weights
         entry = results[-1].to_dict()
         report.write_scores(folder, entry)  # what a later --compare-to reads
         if run.report or run.compare_to is not None:
             page = report.report_dataset(entry, test_set.pairs, folder, run.compare_to, run.progress)
             print(f"{test_set.name}: report {page}", file=sys.stderr)
-    print(format_table(results))
+    print(models_table(results) if any(s.model for s in run.sets) else format_table(results))
     if run.json is not None:
         payload = report_dict(results, run.weights, run.settings, str(run.device))
         write_bytes_atomic(run.json, json.dumps(payload, indent=2).encode())
