@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "drsformer.commands.derain",
         "derain your own photos of any size (tiling, self-ensemble, alpha, 16-bit)",
     ),
+    "serve": (
+        "drsformer.commands.serve",
+        "a page on this machine to derain photos from a browser, with a before/after view (needs the serve extra)",
+    ),
     "export": (
         "drsformer.commands.export",
         "write the model as ONNX or torch.export (checked against PyTorch at several sizes), or convert weights "

@@ -32,6 +32,8 @@ from .devices import default_device, is_out_of_memory  # noqa: F401 (default_dev
 from .errors import ConfigError, OutOfMemory
 from .precision import PRECISIONS, autocast, check_precision  # noqa: F401 (PRECISIONS: as above)
 
+ProgressFn = Callable[[int, int], None]  # (steps done, steps in all)
+
 # --tile auto on CPU: at 1024^2 on the full model, 256-pixel tiles ran in 0.73x the time of 512-pixel ones and
 # 0.66x their peak memory, despite 10 % halo work against 3 % (docs/benchmarks.md, scripts/bench_tiling.py).
 CPU_DEFAULT_TILE = 256
@@ -117,6 +119,7 @@ def restore(
     self_ensemble: bool = False,
     progress: bool = False,
     storage: str = "auto",
+    on_progress: ProgressFn | None = None,
 ) -> Tensor:
     """Derains an N x C x H x W batch in [0, 1] of any H, W; returns float32 clamped to [0, 1], same size.
 
@@ -124,7 +127,8 @@ def restore(
     memory is bounded by the tile (see :mod:`drsformer.tiling`; ``storage`` says where its full-size maps
     live, decided once per call); ``self_ensemble`` averages the 8 flips/rotations; ``precision`` is fp32, bf16
     or fp16 autocast. The model runs on its own device; the result stays on ``image``'s device. ``progress``
-    shows a bar over tiles.
+    shows a bar over tiles; ``on_progress(done, total)`` is called as steps finish (tiles of every pass, or
+    whole passes), and may raise to stop the work between steps (a cancelled job).
     """
     settings = InferenceSettings(precision, tile or None, self_ensemble).check()
     if image.ndim != 4:
@@ -135,12 +139,21 @@ def restore(
         return autocast(device, settings.precision)
 
     tile = settings.tile
+    passes = len(DIHEDRAL) if settings.self_ensemble else 1
+    finished = [0]  # passes done
+
+    def report(done: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress(finished[0] * total + done, passes * total)
+
     if tile is not None and tiling.supports(model):
         # Decided once for all 8 passes of a self-ensemble, so that every pass returns on the same device.
         where = tiling.resolve_storage(model, tuple(image.shape), storage)
 
         def forward(x: Tensor) -> Tensor:
-            return tiling.tiled_forward(model, x, tile, cast, storage=where, progress=progress)
+            out = tiling.tiled_forward(model, x, tile, cast, storage=where, progress=progress, on_tile=report)
+            finished[0] += 1
+            return out
 
         with no_cudnn_autotuning():
             out = _ensemble(forward, image, settings.self_ensemble)
@@ -151,8 +164,12 @@ def restore(
             )
 
         def forward(x: Tensor) -> Tensor:
+            report(0, 1)
             with cast():
-                return model(x)
+                out = model(x)
+            report(1, 1)
+            finished[0] += 1
+            return out
 
         out = _ensemble(forward, image.to(device), settings.self_ensemble)
     return out.to(image.device).clamp_(0, 1)

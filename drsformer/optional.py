@@ -1,7 +1,8 @@
 """Optional dependencies: imported on first use, with a one-line error naming the pip extra that provides them.
 
 ``pip install 'drsformer[export]'`` adds onnx, onnxruntime, onnxscript (the ONNX exporter's graph builder) and
-safetensors. Nothing else in the package needs them.
+safetensors; ``pip install 'drsformer[serve]'`` adds starlette, uvicorn and pillow for ``drsformer serve``.
+Nothing else in the package needs them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from types import ModuleType
 from .errors import MissingDependency
 
 # module -> the extra that installs it
-EXTRAS = {"onnx": "export", "onnxruntime": "export", "onnxscript": "export", "safetensors": "export"}
+EXTRAS = {
+    "onnx": "export",
+    "onnxruntime": "export",
+    "onnxscript": "export",
+    "safetensors": "export",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "PIL.Image": "serve",
+}
 
 
 def require(module: str, purpose: str) -> ModuleType:

@@ -21,7 +21,14 @@ from torch import nn
 
 from .data.io import ImageWithAlpha, list_images, name_list, read_image_with_alpha, write_image
 from .errors import ConfigError, MissingPathError
-from .inference import InferenceSettings, image_to_tensor, pick_tile, restore_or_explain, tensor_to_image
+from .inference import (
+    InferenceSettings,
+    ProgressFn,
+    image_to_tensor,
+    pick_tile,
+    restore_or_explain,
+    tensor_to_image,
+)
 
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
 BACKENDS = ("pytorch", "onnxruntime")
@@ -41,12 +48,19 @@ def input_files(path: str | os.PathLike) -> list[Path]:
 
 
 def derain_image(
-    model: nn.Module, image: ImageWithAlpha, settings: InferenceSettings, progress: bool, name: str = "image"
+    model: nn.Module,
+    image: ImageWithAlpha,
+    settings: InferenceSettings,
+    progress: bool,
+    name: str = "image",
+    on_progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """The restored image as it is to be written: the input's bit depth, gray or RGB, alpha copied back."""
     dtype = image.rgb.dtype
     # The image stays on the CPU; tiles go to the model's device one at a time.
-    restored = restore_or_explain(model, image_to_tensor(image.rgb), settings, name, progress=progress)
+    restored = restore_or_explain(
+        model, image_to_tensor(image.rgb), settings, name, progress=progress, on_progress=on_progress
+    )
     out = tensor_to_image(restored, dtype)
     if image.alpha is not None:
         return np.dstack([out, image.alpha])  # gray + alpha: RGBA (the encoders do not write gray + alpha)
@@ -85,11 +99,13 @@ def derain_file(
     settings: InferenceSettings,
     jpeg_quality: int = 95,
     progress: bool = False,
+    on_progress: ProgressFn | None = None,
 ) -> None:
     """Reads the photo ``path``, derains it and writes it to ``target`` in the input's format, bit depth and alpha
-    (JPEG at ``jpeg_quality``). Raises the one-line errors of reading, memory and writing, naming the file."""
+    (JPEG at ``jpeg_quality``). Raises the one-line errors of reading, memory and writing, naming the file.
+    ``on_progress(done, total)`` follows the tiles (see :func:`~drsformer.inference.restore`)."""
     image = read_image_with_alpha(path)
-    out = derain_image(model, image, settings, progress=progress, name=str(path))
+    out = derain_image(model, image, settings, progress=progress, name=str(path), on_progress=on_progress)
     write_image(target, out, encode_params(target, jpeg_quality))
 
 

@@ -248,6 +248,7 @@ class ExactTiler:
         storage: str = "auto",
         progress: bool = False,
         auto_fraction: float = AUTO_FRACTION,
+        on_tile: Callable[[int, int], None] | None = None,
     ) -> None:
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
@@ -256,6 +257,7 @@ class ExactTiler:
         self.autocast = autocast
         self.storage = storage
         self.progress = progress
+        self.on_tile = on_tile  # called with (tiles done, tiles in all) after each tile
         self.auto_fraction = auto_fraction
         param = next(model.parameters())
         self.device = param.device
@@ -294,8 +296,9 @@ class ExactTiler:
         padded, size = pad_to_multiple(image, SIZE_MULTIPLE)
         self.image = padded.to(self.store)
         model, plan = self.model, self.model.plan
-        bar = tqdm(total=self._count(plan), desc="tiles", unit="tile", leave=False, disable=not self.progress)
-        self._bar = bar
+        total = self._count(plan)
+        bar = tqdm(total=total, desc="tiles", unit="tile", leave=False, disable=not self.progress)
+        self._bar, self._done, self._total = bar, 0, total
         saved: dict[str, Tensor] = {}
         current = self.image
         try:
@@ -316,6 +319,12 @@ class ExactTiler:
             self._pool.clear()
             self.host_maps.release_all()  # unpins; the memory (the result among it) stays valid
         return result
+
+    def _tick(self) -> None:
+        self._bar.update()
+        self._done += 1
+        if self.on_tile is not None:
+            self.on_tile(self._done, self._total)
 
     def _count(self, plan: tuple[Step, ...]) -> int:
         height, width = self.image.shape[-2:]
@@ -340,7 +349,7 @@ class ExactTiler:
             if out is None:
                 out = self._empty((like.shape[0], y.shape[1], height, width), y.dtype)
             self.copies.write(window.cut(out), y)
-            self._bar.update()
+            self._tick()
         self.copies.settle()
         assert out is not None
         return out
@@ -348,7 +357,7 @@ class ExactTiler:
     def _windows(self, x: Tensor, level: int) -> Iterator[Window]:
         for window in grid(x.shape[-2], x.shape[-1], level_tile(self.tile, level)):
             yield window
-            self._bar.update()
+            self._tick()
 
     def _local(self, module: Callable[[Tensor], Tensor], x: Tensor, window: Window, radius: int) -> Tensor:
         """``module`` over ``window`` of ``x``, computed on the window grown by ``radius`` and cut back."""

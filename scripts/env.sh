@@ -20,7 +20,7 @@ STAMP="$VENV/.drsformer-install-stamp"
 WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" | cksum)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "installing drsformer and its dependencies into $VENV (PyTorch is large; the first time takes a while)"
-  "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e "$ROOT[dev,export]"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e "$ROOT[dev,export,serve]"
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

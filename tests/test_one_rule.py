@@ -44,10 +44,11 @@ def _command_args(command: str, folder, weights) -> list[str]:
         "export": ["export", "--weights", str(weights), "-o", str(folder / "copy.pth")],
         "bench": ["bench", "--weights", str(weights), "--size", "16", "--warmup", "0", "--repeat", "1"],
         "info": ["info", "--weights", str(weights), "--size", "16"],
+        "serve": ["serve", "--weights", str(weights)],  # only with a device it refuses: it would serve forever
     }[command]  # fmt: skip
 
 
-WEIGHTS_COMMANDS = ["derain", "test", "export", "bench", "info"]
+WEIGHTS_COMMANDS = ["derain", "test", "export", "bench", "info", "serve"]
 
 
 def test_every_command_that_reads_weights_takes_params_key() -> None:
@@ -56,7 +57,7 @@ def test_every_command_that_reads_weights_takes_params_key() -> None:
     assert having == sorted(WEIGHTS_COMMANDS)
 
 
-@pytest.mark.parametrize("command", WEIGHTS_COMMANDS)
+@pytest.mark.parametrize("command", [c for c in WEIGHTS_COMMANDS if c != "serve"])  # serve: in test_serve.py
 def test_the_weights_a_run_validated_are_the_default_everywhere(command: str, run_weights, capsys) -> None:
     assert main(_command_args(command, run_weights, run_weights / "net_g_best.pth")) == 0
     assert "using params_ema: the weights this run validated" in capsys.readouterr().err
@@ -69,7 +70,7 @@ def test_the_weights_a_run_validated_are_the_default_everywhere(command: str, ru
 
 # ---------------------------------------------------------------- device strings
 
-DEVICE_COMMANDS = ["train", "demo", "test", "derain", "bench"]
+DEVICE_COMMANDS = ["train", "demo", "test", "derain", "bench", "serve"]
 
 
 def _device_args(command: str, folder, device: str) -> list[str]:
@@ -123,7 +124,7 @@ def test_every_precision_option_offers_the_same_names() -> None:
         for action in parser._actions:
             if "--precision" in action.option_strings:
                 found[name] = tuple(action.choices)
-    assert set(found) == {"test", "derain", "bench", "export"} and set(found.values()) == {PRECISIONS}
+    assert set(found) == {"test", "derain", "bench", "export", "serve"} and set(found.values()) == {PRECISIONS}
 
 
 @pytest.mark.parametrize(
