@@ -6,9 +6,9 @@
     # load the page, time it, sort and filter it, take a screenshot
     python scripts/report_browser_check.py measure /tmp/r200/syn200/report.html --screenshot docs/x.png
 
-``measure`` drives Chromium through the DevTools protocol over ``--remote-debugging-pipe`` (two pipes, JSON
-messages ending in a NUL byte), so it needs nothing beyond the standard library and a ``chromium`` binary
-(``apt-get install chromium``). Each load is a fresh navigation; it reports the median of the page's own
+``measure`` drives Debian's Chromium (``apt-get install chromium``) with Playwright, the driver the page tests
+use (``pip install playwright``, in the ``dev`` extra; its own browser downloads are not needed). Each load is a
+fresh browser context, so nothing comes from a cache; it reports the median of the page's own
 Navigation Timing (``domContentLoadedEventEnd`` and ``loadEventEnd`` from the start of the navigation), the first
 contentful paint, how many thumbnails the browser had fetched, and how long a click on a column header (a sort
 of every row) and a filter keystroke took, timed in the page with ``performance.now()``.
@@ -17,13 +17,9 @@ of every row) and a filter keystroke took, timed in the page with ``performance.
 from __future__ import annotations
 
 import argparse
-import base64
-import fcntl
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -64,96 +60,26 @@ def make_set(out: Path, count: int, seed: int, size: tuple[int, int] = (240, 320
     shutil.rmtree(clean)
 
 
-class Browser:
-    """Headless Chromium spoken to over ``--remote-debugging-pipe``."""
-
-    def __init__(self, binary: str, width: int, height: int) -> None:
-        to_child, self._write = os.pipe()
-        self._read, from_child = os.pipe()
-        self.profile = tempfile.mkdtemp(prefix="chromium-")
-        flags = [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-            f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "--remote-debugging-pipe",
-        ]  # fmt: skip
-
-        def fds() -> None:  # the protocol's pipes are the child's fd 3 (commands in) and 4 (replies out)
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_child, from_child)]  # out of 3 and 4's way
-            os.dup2(high[0], 3)
-            os.dup2(high[1], 4)
-
-        self.process = subprocess.Popen(
-            [binary, *flags, "about:blank"],
-            preexec_fn=fds,
-            pass_fds=(3, 4, to_child, from_child),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        os.close(to_child)
-        os.close(from_child)
-        self._buffer, self._id, self.events = b"", 0, []
-        targets = self.call("Target.getTargets")["targetInfos"]
-        page = next(t for t in targets if t["type"] == "page")
-        self.session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
-        self.call("Page.enable", session=True)
-        self.call("Network.enable", session=True)
-        self.call("Network.setCacheDisabled", session=True, cacheDisabled=True)  # every load reads the files
-        self.call(
-            "Emulation.setDeviceMetricsOverride", session=True, width=width, height=height, deviceScaleFactor=1,
-            mobile=False,
-        )  # fmt: skip
-
-    def _message(self) -> dict:
-        while b"\0" not in self._buffer:
-            chunk = os.read(self._read, 1 << 20)
-            if not chunk:
-                raise RuntimeError("chromium closed the pipe")
-            self._buffer += chunk
-        raw, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(raw)
-
-    def call(self, method: str, session: bool = False, **params) -> dict:
-        self._id += 1
-        message = {"id": self._id, "method": method, "params": params}
-        if session:
-            message["sessionId"] = self.session
-        os.write(self._write, json.dumps(message).encode() + b"\0")
-        while True:
-            reply = self._message()
-            if reply.get("id") == self._id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-            self.events.append(reply)
-
-    def wait(self, event: str) -> None:
-        while True:
-            found = next((e for e in self.events if e.get("method") == event), None)
-            if found is not None:
-                self.events = [e for e in self.events if e is not found]
-                return
-            self.events.append(self._message())
-
-    def evaluate(self, expression: str):
-        result = self.call(
-            "Runtime.evaluate", session=True, expression=expression, returnByValue=True, awaitPromise=True
-        )
-        return result["result"].get("value")
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        shutil.rmtree(self.profile, ignore_errors=True)
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+]  # fmt: skip
 
 
-TIMING = """new Promise(done => requestAnimationFrame(() => setTimeout(() => done(JSON.stringify((() => {
-  const nav = performance.getEntriesByType("navigation")[0];
-  const paint = performance.getEntriesByType("paint").find(p => p.name === "first-contentful-paint");
-  const images = Array.from(document.images);
-  return {dom: nav.domContentLoadedEventEnd, load: nav.loadEventEnd, fcp: paint ? paint.startTime : null,
-          rows: document.querySelectorAll("#rows tbody tr").length, images: images.length,
-          fetched: images.filter(i => i.complete && i.naturalWidth > 0).length};
-})())), 0)))"""  # read after the next frame, so the first paint is recorded
+TIMING = """new Promise(done => {
+  const read = () => {
+    const nav = performance.getEntriesByType("navigation")[0];
+    const paint = performance.getEntriesByType("paint").find(p => p.name === "first-contentful-paint");
+    const images = Array.from(document.images);
+    return {dom: nav.domContentLoadedEventEnd, load: nav.loadEventEnd, fcp: paint ? paint.startTime : null,
+            rows: document.querySelectorAll("#rows tbody tr").length, images: images.length,
+            fetched: images.filter(i => i.complete && i.naturalWidth > 0).length};
+  };
+  const started = performance.now();
+  const wait = () => (read().fcp !== null || performance.now() - started > 3000)
+    ? done(JSON.stringify(read())) : setTimeout(wait, 10);
+  wait();
+})"""  # the first paint's entry is recorded when the frame is presented, which can come after the load event
 
 # Installed before the page's own code: records when the window is first full of rows whose thumbnails are all
 # loaded (the moment a reader sees the first screen complete), checking every 5 ms from the start of parsing.
@@ -202,25 +128,31 @@ def small_png(path: Path, colors: int = 256) -> None:
 
 
 def measure(page: Path, screenshot: Path | None, repeats: int, binary: str, size: tuple[int, int]) -> dict:
-    browser = Browser(binary, *size)
-    try:
-        url = page.resolve().as_uri()
-        browser.call("Page.addScriptToEvaluateOnNewDocument", session=True, source=FIRST_SCREEN)
-        loads = []
-        for _ in range(repeats):
-            browser.call("Page.navigate", session=True, url="about:blank")
-            browser.wait("Page.loadEventFired")
-            browser.call("Page.navigate", session=True, url=url)
-            browser.wait("Page.loadEventFired")
-            loads.append(json.loads(browser.evaluate(TIMING)) | json.loads(browser.evaluate(VISIBLE)))
-        if screenshot is not None:  # the page as it opens, every thumbnail in the window shown
-            data = base64.b64decode(browser.call("Page.captureScreenshot", session=True, format="png")["data"])
-            screenshot.parent.mkdir(parents=True, exist_ok=True)
-            screenshot.write_bytes(data)
-            small_png(screenshot)
-        interaction = json.loads(browser.evaluate(INTERACT))
-    finally:
-        browser.close()
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which(binary)
+    if executable is None:
+        raise SystemExit(f"{binary}: not found; apt-get install chromium, or give --chromium PATH")
+    url = page.resolve().as_uri()
+    loads = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            for _ in range(repeats):  # a fresh context per load: an empty cache, every file read again
+                context = browser.new_context(viewport={"width": size[0], "height": size[1]})
+                context.add_init_script(FIRST_SCREEN)
+                tab = context.new_page()
+                tab.goto(url, wait_until="load")
+                loads.append(json.loads(tab.evaluate(TIMING)) | json.loads(tab.evaluate(VISIBLE)))
+                if len(loads) < repeats:
+                    context.close()
+            if screenshot is not None:  # the page as it opens, every thumbnail in the window shown
+                screenshot.parent.mkdir(parents=True, exist_ok=True)
+                tab.screenshot(path=str(screenshot))
+                small_png(screenshot)
+            interaction = json.loads(tab.evaluate(INTERACT))
+        finally:
+            browser.close()
     folder = page.parent
     thumbs = [p for p in (folder / "thumbs").rglob("*.jpg")]
     return {

@@ -6,6 +6,7 @@ itself in headless Chromium (Debian's, driven by Playwright): drop, progress, be
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import struct
 import threading
@@ -27,7 +28,7 @@ from drsformer.serve.app import Limits, create_app
 from drsformer.serve.jobs import JobQueue
 from drsformer.serve.server import ServeSettings, load_models
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's; scripts/test.sh installs it
 
 
 def free_port() -> int:
