@@ -6,9 +6,13 @@ itself in headless Chromium (Debian's, driven by Playwright): drop, progress, be
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -371,3 +375,40 @@ def test_the_weights_a_run_validated_are_the_default(tmp_path, capsys) -> None:
     asked = ServeSettings(weights=[str(tmp_path / "run.pth")], tile=0, device="cpu", params_key="params")
     chosen = load_models(asked)[0].model
     assert torch.equal(chosen.state_dict()["patch_embed.proj.weight"], state["patch_embed.proj.weight"])
+
+
+def test_ctrl_c_cancels_the_running_job_and_leaves_nothing(tmp_path, tiny) -> None:
+    """The command itself, in its own process: SIGINT while a job runs ends it with status 0, the job cancelled
+    and the temporary folder gone."""
+    port = free_port()
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    command = [sys.executable, "-m", "drsformer", "serve", "--weights", str(tiny), "--port", str(port),
+               "--tile", "24", "--device", "cpu"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "TMPDIR": str(temporary)})  # fmt: skip
+    try:
+        assert process.stdout is not None
+        printed = [process.stdout.readline() for _ in range(2)]
+        assert printed[1].startswith(f"drsformer serve: open http://127.0.0.1:{port}/"), printed
+        client = Server.__new__(Server)
+        client.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.request("GET", "/api/models")
+                break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        big = encode_image(photo(np.random.default_rng(9), 160, 200), ".png")
+        job = client.upload(big, "big.png", self_ensemble="true")[1]
+        while client.request("GET", f"/api/jobs/{job['id']}")[1]["done"] == 0:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, out
+    assert "stopped (1 unfinished job cancelled; its temporary folder removed)" in out
+    assert list(temporary.iterdir()) == []

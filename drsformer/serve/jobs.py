@@ -124,6 +124,7 @@ class JobQueue:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="drsformer-serve-worker", daemon=True)
         self._stopping = threading.Event()
+        self._cancelled_at_stop = 0
         self._worker.start()
 
     # -- the API's side ----------------------------------------------------------------------------------------
@@ -151,17 +152,25 @@ class JobQueue:
         with self.lock:
             return sum(job.state in ("queued", "running") for job in self.jobs.values())
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Cancels what runs and what waits, ends the worker, removes every job's files."""
+    def stop(self, timeout: float = 30.0) -> int:
+        """Cancels what runs and what waits, ends the worker, removes every job's files; returns how many jobs
+        it cancelled (a second call returns the first one's count)."""
+        if self._stopping.is_set():
+            self._worker.join(timeout)
+            return self._cancelled_at_stop
         self._stopping.set()
         with self.lock:
-            jobs = list(self.jobs.values())
-        for job in jobs:
-            if job.state in ("queued", "running"):
-                job.cancel.set()
+            unfinished = [job for job in self.jobs.values() if job.state in ("queued", "running")]
+        for job in unfinished:
+            job.cancel.set()
         self._queue.put(None)
         self._worker.join(timeout)
+        for job in unfinished:
+            if job.state == "queued":
+                self._finish(job, "cancelled")
         shutil.rmtree(self.root, ignore_errors=True)
+        self._cancelled_at_stop = len(unfinished)
+        return self._cancelled_at_stop
 
     # -- the worker ------------------------------------------------------------------------------------------
     def _work(self) -> None:

@@ -104,6 +104,10 @@ def serve(settings: ServeSettings) -> None:
     print(f"drsformer serve: open {url}  (Ctrl-C stops it)", flush=True)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run()  # on Ctrl-C it shuts down gracefully, then raises the signal again
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how this command ends
     finally:
-        jobs.stop()
+        cancelled = jobs.stop()
+    print(f"drsformer serve: stopped ({cancelled} unfinished job{'s' * (cancelled != 1)} cancelled; its temporary "
+          "folder removed)")  # fmt: skip
