@@ -412,3 +412,22 @@ def test_ctrl_c_cancels_the_running_job_and_leaves_nothing(tmp_path, tiny) -> No
     assert process.returncode == 0, out
     assert "stopped (1 unfinished job cancelled; its temporary folder removed)" in out
     assert list(temporary.iterdir()) == []
+
+
+def test_a_running_job_is_cancelled_from_the_keyboard(server, browser) -> None:
+    """The job list is rebuilt on every poll; the focus stays on the job's button, and Enter cancels it."""
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    try:
+        page.goto(server.url + "/")
+        page.wait_for_selector("#model option", state="attached")
+        page.check("#ensemble")
+        data = encode_image(photo(np.random.default_rng(10), 200, 240), ".png")
+        page.evaluate(DROP, ["slow.png", list(data)])
+        page.wait_for_selector("li.job[data-state=running] button[data-action=cancel]", timeout=60_000)
+        page.focus("li.job button[data-action=cancel]")
+        page.wait_for_timeout(1200)  # two polls rebuild the list
+        assert page.evaluate("document.activeElement.dataset.action") == "cancel"
+        page.keyboard.press("Enter")
+        page.wait_for_selector("li.job[data-state=cancelled]", timeout=30_000)
+    finally:
+        page.close()

@@ -132,6 +132,7 @@ function render() {
       cancel.type = "button";
       cancel.textContent = "Cancel";
       cancel.setAttribute("aria-label", `Cancel ${job.name}`);
+      cancel.dataset.action = "cancel";
       cancel.addEventListener("click", () => api(`/api/jobs/${job.id}`, { method: "DELETE" }).then(refresh));
       actions.appendChild(cancel);
     }
@@ -140,6 +141,7 @@ function render() {
       view.type = "button";
       view.textContent = "View";
       view.setAttribute("aria-label", `View ${job.name}`);
+      view.dataset.action = "view";
       view.addEventListener("click", () => show(job));
       actions.appendChild(view);
     }
@@ -159,7 +161,14 @@ function render() {
     }
     items.push(li);
   }
+  // The list is rebuilt on every poll: keep the keyboard's focus on the same job's button (or the next one).
+  const focused = document.activeElement;
+  const had = focused && list.contains(focused) ? focused.closest("li").dataset.job : null;
   list.replaceChildren(...items);
+  if (had) {
+    const again = list.querySelector(`li[data-job="${had}"] button`) || list.querySelector("button");
+    if (again) again.focus();
+  }
   const counts = {};
   for (const job of jobs) counts[job.state] = (counts[job.state] || 0) + 1;
   $("summary").textContent = Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(", ");
