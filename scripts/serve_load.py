@@ -141,8 +141,8 @@ def start_server(weights: str, port: int, tile: str, temporary: Path) -> tuple[s
     raise SystemExit(f"the server exited with {server.wait()} before printing its URL")
 
 
-def screenshot(url: str, photo: Path, target: Path) -> None:
-    """The page with one derained photo open, the slider at the middle."""
+def screenshot(url: str, photos: list[Path], target: Path) -> None:
+    """The page of a fresh server after ``photos`` were added, the first one open, the slider at the middle."""
     from playwright.sync_api import sync_playwright
     from report_browser_check import CHROMIUM_FLAGS, small_png
 
@@ -151,10 +151,14 @@ def screenshot(url: str, photo: Path, target: Path) -> None:
         page = browser.new_page(viewport={"width": 1100, "height": 1000})
         page.goto(url + "/")
         page.wait_for_selector("#model option", state="attached")
-        page.set_input_files("#files", str(photo))
-        page.wait_for_selector("li.job[data-state=done]", timeout=600_000)
-        page.wait_for_function("document.getElementById('after').complete")
+        page.set_input_files("#files", [str(p) for p in photos])
+        page.wait_for_function(f"document.querySelectorAll('li.job[data-state=done]').length === {len(photos)}",
+                               timeout=600_000)  # fmt: skip
+        page.click(f"li.job:has-text('{photos[0].name}') button[data-action=view]")
+        page.wait_for_function("document.getElementById('after').complete && document.getElementById('after')"
+                               ".src.includes(document.querySelector('li.job.selected').dataset.job)")  # fmt: skip
         target.parent.mkdir(parents=True, exist_ok=True)
+        page.evaluate("window.scrollTo(0, 0)")  # the View button scrolled the list into sight
         page.screenshot(path=str(target), full_page=True)
         browser.close()
     small_png(target)
@@ -202,10 +206,6 @@ def main(argv: list[str] | None = None) -> int:
     for thread in watchers:
         thread.join()
     after_rss = rss_of(server.pid)
-    if args.screenshot is not None:
-        shown = min(photos, key=lambda p: abs(pixels_of(p) - 400_000))  # a photo the page shows whole
-        screenshot(url, shown, args.screenshot)
-
     stopping = time.perf_counter()
     server.send_signal(signal.SIGINT)
     exit_code = server.wait(60)
@@ -215,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     reference = work / "derain"
     subprocess.run([sys.executable, "-m", "drsformer", "derain", "--weights", args.weights, "-i", str(work / "photos"),
                     "-o", str(reference), "--tile", args.tile, "--quiet"], check=True)  # fmt: skip
+    if args.screenshot is not None:  # a fresh server, so the page shows a few jobs, not the load's
+        shown = sorted(photos, key=lambda p: abs(pixels_of(p) - 400_000))[:3]
+        server, url = start_server(args.weights, args.port, args.tile, temporary)
+        screenshot(url, shown, args.screenshot)
+        server.send_signal(signal.SIGINT)
+        server.wait(60)
     equal = [p.name for p in photos if (results / p.name).is_file()
              and (results / p.name).read_bytes() == (reference / p.name).read_bytes()]  # fmt: skip
     done = [name for name, state in outcome.items() if state == "done"]

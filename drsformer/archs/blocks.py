@@ -80,12 +80,26 @@ class LayerNorm(nn.Module):
         return self.body.forward_fast(x) if self.impl == "fast" else self.body.forward_reference(x)
 
 
+def _halves_evens_first(hidden: int) -> list[int]:
+    """The order of the ``2 * hidden`` first-stage channels the fast MSFN computes: in each half, the channels at
+    even offsets, then those at odd offsets."""
+    return [half + k for half in (0, hidden) for parity in (0, 1) for k in range(parity, hidden, 2)]
+
+
 class MixedScaleFeedForward(nn.Module):
     """MSFN: 1x1 up -> parallel depthwise 3x3 / 5x5 (+ReLU) -> the halves swap branches -> grouped 3x3 / 5x5
     (+ReLU) -> 1x1 down.
 
-    Fast path: the 1x1 down-projection of ``cat([x1, x2])`` is split into ``W_1 x1 + W_2 x2``, so the widest
-    concatenation (2 x hidden channels) becomes an add over ``dim`` channels.
+    The grouped convolutions (``dwconv3x3_1``, ``dwconv5x5_1``) have two input channels per group: output ``g``
+    reads channels ``2g`` and ``2g + 1`` of ``cat([a, b])``, ``a`` and ``b`` halves of the two depth-wise
+    branches. CPU libraries run such convolutions several times slower than depth-wise ones, so the fast path
+    computes each as two depth-wise convolutions, one over the even-numbered inputs and one over the odd ones,
+    added. For those inputs to come out of the concatenation without a gather, the first stage computes its
+    channels evens first (``project_in``, ``dwconv3x3`` and ``dwconv5x5`` with their output channels permuted
+    once per call, a few kilobytes of weights): each even or odd set is then two contiguous slices. When
+    ``hidden`` is odd, the pair that straddles ``a`` and ``b`` comes out right too: an even position in ``b`` is
+    then an odd channel of ``b``. The 1x1 down-projection of ``cat([x1, x2])`` is split into
+    ``W_1 x1 + W_2 x2``, so that concatenation is never built.
     """
 
     def __init__(self, dim: int, ffn_expansion_factor: float, bias: bool, impl: str = "fast") -> None:
@@ -99,6 +113,7 @@ class MixedScaleFeedForward(nn.Module):
         self.dwconv3x3_1 = nn.Conv2d(hidden * 2, hidden, 3, padding=1, groups=hidden, bias=bias)
         self.dwconv5x5_1 = nn.Conv2d(hidden * 2, hidden, 5, padding=2, groups=hidden, bias=bias)
         self.project_out = nn.Conv2d(hidden * 2, dim, kernel_size=1, bias=bias)
+        self.register_buffer("order", torch.tensor(_halves_evens_first(hidden)), persistent=False)
 
     def _mixed_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self.project_in(x)
@@ -111,10 +126,33 @@ class MixedScaleFeedForward(nn.Module):
     def forward_reference(self, x: Tensor) -> Tensor:
         return self.project_out(torch.cat(self._mixed_scale(x), dim=1))
 
+    @staticmethod
+    def _permuted(conv: nn.Conv2d, order: Tensor) -> tuple[Tensor, Tensor | None]:
+        bias = None if conv.bias is None else conv.bias[order]
+        return conv.weight[order], bias
+
+    def _pairs_as_depthwise(self, conv: nn.Conv2d, evens: Tensor, odds: Tensor) -> Tensor:
+        """``conv`` (two inputs per group) of the interleaving of ``evens`` and ``odds``, then ReLU."""
+        weight, padding = conv.weight, conv.padding
+        out = F.conv2d(evens, weight[:, :1], conv.bias, padding=padding, groups=self.hidden)
+        return out.add_(F.conv2d(odds, weight[:, 1:], padding=padding, groups=self.hidden)).relu_()
+
     def forward_fast(self, x: Tensor) -> Tensor:
-        x1, x2 = self._mixed_scale(x)
-        w1, w2 = self.project_out.weight.split(self.hidden, dim=1)
-        return F.conv2d(x1, w1, self.project_out.bias).add_(F.conv2d(x2, w2))
+        hidden, order = self.hidden, self.order
+        split = (hidden + 1) // 2  # in each half: the even offsets, then the odd ones
+        x = F.conv2d(x, *self._permuted(self.project_in, order))
+        d3 = F.conv2d(x, *self._permuted(self.dwconv3x3, order), padding=1, groups=2 * hidden).relu_()
+        d5 = F.conv2d(x, *self._permuted(self.dwconv5x5, order), padding=2, groups=2 * hidden).relu_()
+        outs = []
+        for start, conv in ((0, self.dwconv3x3_1), (hidden, self.dwconv5x5_1)):
+            even_of_a, odd_of_a = slice(start, start + split), slice(start + split, start + hidden)
+            # cat([a, b]) puts b's offset j at position hidden + j: even when j has hidden's parity
+            even_of_b, odd_of_b = (odd_of_a, even_of_a) if hidden % 2 else (even_of_a, odd_of_a)
+            evens = torch.cat([d3[:, even_of_a], d5[:, even_of_b]], dim=1)
+            odds = torch.cat([d3[:, odd_of_a], d5[:, odd_of_b]], dim=1)
+            outs.append(self._pairs_as_depthwise(conv, evens, odds))
+        w1, w2 = self.project_out.weight.split(hidden, dim=1)
+        return F.conv2d(outs[0], w1, self.project_out.bias).add_(F.conv2d(outs[1], w2))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_fast(x) if self.impl == "fast" else self.forward_reference(x)
