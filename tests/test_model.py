@@ -102,3 +102,49 @@ def test_module_apply_reaches_every_submodule() -> None:
     seen: list[str] = []
     DRSformer(**TINY).apply(lambda module: seen.append(type(module).__name__))
     assert seen.count("TransformerBlock") == 2 * (1 + 1 + 1) + 2 and seen[-1] == "DRSformer"
+
+
+@pytest.mark.parametrize("dim, factor", [(4, 2.66), (6, 2.0), (48, 2.66)])  # hidden 10, 12 (even) and 127 (odd)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_msfn_pairs_as_depthwise_equal_the_grouped_convolutions(dim, factor, bias, channels_last) -> None:
+    """The fast MSFN (pair-grouped convolutions as two depth-wise ones over evens-first channels) against the
+    paper's formulation: values, input and parameter gradients, for even and odd hidden widths."""
+    from drsformer.archs.blocks import MixedScaleFeedForward
+
+    torch.manual_seed(0)
+    ffn = MixedScaleFeedForward(dim, factor, bias).double()
+    assert ffn.hidden % 2 == (ffn.hidden == 127)
+    with torch.no_grad():
+        for p in ffn.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.randn(2, dim, 9, 11, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = {}
+    for impl in ("reference", "fast"):
+        ffn.impl = impl
+        ffn.zero_grad()
+        given = x.detach().clone().requires_grad_()
+        out = ffn(given)
+        (out * torch.cos(torch.arange(out.numel(), dtype=torch.float64)).view_as(out)).sum().backward()
+        results[impl] = out.detach(), given.grad, {n: p.grad.clone() for n, p in ffn.named_parameters()}
+    assert (results["fast"][0] - results["reference"][0]).abs().max() < 1e-12
+    assert (results["fast"][1] - results["reference"][1]).abs().max() < 1e-12
+    for name, grad in results["reference"][2].items():
+        assert (results["fast"][2][name] - grad).abs().max() < 1e-12, name
+    assert "order" not in ffn.state_dict()  # the channel order is computed, not stored: published keys unchanged
+
+
+def test_msfn_fast_path_under_bf16_autocast_stays_close() -> None:
+    from drsformer.archs.blocks import MixedScaleFeedForward
+
+    torch.manual_seed(0)
+    ffn = MixedScaleFeedForward(48, 2.66, False)
+    x = torch.randn(1, 48, 12, 12).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        reference = ffn.forward_reference(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = ffn.forward_fast(x)
+    assert fast.dtype == torch.bfloat16
+    assert (fast.float() - reference).abs().max() < 0.05 * reference.abs().max()

@@ -143,13 +143,17 @@ class MixedScaleFeedForward(nn.Module):
         x = F.conv2d(x, *self._permuted(self.project_in, order))
         d3 = F.conv2d(x, *self._permuted(self.dwconv3x3, order), padding=1, groups=2 * hidden).relu_()
         d5 = F.conv2d(x, *self._permuted(self.dwconv5x5, order), padding=2, groups=2 * hidden).relu_()
+        # One split per map (in training its backward is one concatenation, where slices would each fill a
+        # zero map): per half, its even offsets and its odd ones.
+        sizes = [split, hidden - split] * 2
+        d3_parts, d5_parts = d3.split(sizes, dim=1), d5.split(sizes, dim=1)
         outs = []
-        for start, conv in ((0, self.dwconv3x3_1), (hidden, self.dwconv5x5_1)):
-            even_of_a, odd_of_a = slice(start, start + split), slice(start + split, start + hidden)
-            # cat([a, b]) puts b's offset j at position hidden + j: even when j has hidden's parity
-            even_of_b, odd_of_b = (odd_of_a, even_of_a) if hidden % 2 else (even_of_a, odd_of_a)
-            evens = torch.cat([d3[:, even_of_a], d5[:, even_of_b]], dim=1)
-            odds = torch.cat([d3[:, odd_of_a], d5[:, odd_of_b]], dim=1)
+        for half, conv in ((0, self.dwconv3x3_1), (1, self.dwconv5x5_1)):
+            even_3, odd_3 = d3_parts[2 * half], d3_parts[2 * half + 1]
+            even_5, odd_5 = d5_parts[2 * half], d5_parts[2 * half + 1]
+            if hidden % 2:  # cat([a, b]) puts b's offset j at position hidden + j: even when j is odd
+                even_5, odd_5 = odd_5, even_5
+            evens, odds = torch.cat([even_3, even_5], dim=1), torch.cat([odd_3, odd_5], dim=1)
             outs.append(self._pairs_as_depthwise(conv, evens, odds))
         w1, w2 = self.project_out.weight.split(hidden, dim=1)
         return F.conv2d(outs[0], w1, self.project_out.bias).add_(F.conv2d(outs[1], w2))
