@@ -113,6 +113,7 @@ class MixedScaleFeedForward(nn.Module):
         self.dwconv3x3_1 = nn.Conv2d(hidden * 2, hidden, 3, padding=1, groups=hidden, bias=bias)
         self.dwconv5x5_1 = nn.Conv2d(hidden * 2, hidden, 5, padding=2, groups=hidden, bias=bias)
         self.project_out = nn.Conv2d(hidden * 2, dim, kernel_size=1, bias=bias)
+        self.order: Tensor
         self.register_buffer("order", torch.tensor(_halves_evens_first(hidden)), persistent=False)
 
     def _mixed_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
