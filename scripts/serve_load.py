@@ -150,7 +150,7 @@ def screenshot(url: str, photos: list[Path], target: Path) -> None:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1100, "height": 1000})
         page.goto(url + "/")
-        page.wait_for_selector("#model option", state="attached")
+        page.wait_for_selector("body[data-ready]", state="attached")  # models listed, jobs fetched
         page.set_input_files("#files", [str(p) for p in photos])
         page.wait_for_function(f"document.querySelectorAll('li.job[data-state=done]').length === {len(photos)}",
                                timeout=600_000)  # fmt: skip

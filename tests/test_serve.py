@@ -304,7 +304,7 @@ def test_the_page_derains_a_dropped_photo_and_downloads_the_result(server, brows
     page = browser.new_page(viewport={"width": 1000, "height": 900}, accept_downloads=True)
     try:
         page.goto(server.url + "/")
-        page.wait_for_selector("#model option", state="attached")
+        page.wait_for_selector("body[data-ready]", state="attached")  # models listed, jobs fetched
         assert "DRSformer without MEFC" in page.inner_text("#model")
         page.evaluate(DROP, ["rain.png", list(data)])
         page.wait_for_selector("li.job[data-state=running], li.job[data-state=done]", timeout=60_000)
@@ -334,7 +334,7 @@ def test_the_page_works_from_the_keyboard_and_on_a_phone(server, browser) -> Non
     page = browser.new_page(viewport={"width": 375, "height": 700})
     try:
         page.goto(server.url + "/")
-        page.wait_for_selector("#model option", state="attached")
+        page.wait_for_selector("body[data-ready]", state="attached")  # models listed, jobs fetched
         focused = []
         for _ in range(5):
             page.keyboard.press("Tab")
@@ -419,7 +419,7 @@ def test_a_running_job_is_cancelled_from_the_keyboard(server, browser) -> None:
     page = browser.new_page(viewport={"width": 1000, "height": 900})
     try:
         page.goto(server.url + "/")
-        page.wait_for_selector("#model option", state="attached")
+        page.wait_for_selector("body[data-ready]", state="attached")  # models listed, jobs fetched
         page.check("#ensemble")
         data = encode_image(photo(np.random.default_rng(10), 200, 240), ".png")
         page.evaluate(DROP, ["slow.png", list(data)])

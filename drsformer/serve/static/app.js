@@ -222,7 +222,7 @@ function setup() {
     $("zoom").setAttribute("aria-pressed", String(actual));
     $("zoom").textContent = actual ? "Fit" : "1:1";
   });
-  loadModels().then(refresh);
+  loadModels().then(refresh).then(() => { document.body.dataset.ready = "true"; });
 }
 
 setup();
