@@ -4,12 +4,12 @@ eager training step, and ONNX Runtime on graphs exported from each. Prints one t
     python scripts/bench_msfn.py --sizes 128 256 --repeat 3
     python scripts/bench_msfn.py --sizes 256 --modes onnx
 
-"previous" is the fast path before issue 29, written out here: the pair-grouped convolutions (``dwconv3x3_1``,
-``dwconv5x5_1``, two input channels per group) run as grouped convolutions on ``cat([a, b])``. "current" is
-this package's ``MixedScaleFeedForward.forward_fast``: the same convolutions as two depth-wise ones over
-evens-first channels. Everything else in the model is the same code. The model is the paper's (with MEFC),
-random weights (seed 0). Each figure is the median of ``--repeat`` timed iterations after one warm-up, the two
-formulations alternating so that a drift in the machine's speed falls on both. "max diff" is the largest
+"previous" is the fast path before issue 29 (``MixedScaleFeedForward.pair_split = False``, what CUDA and exported
+graphs run): the pair-grouped convolutions (``dwconv3x3_1``, ``dwconv5x5_1``, two input channels per group) run as
+grouped convolutions on ``cat([a, b])``. "current" (``pair_split = True``, the CPU default) computes them as two
+depth-wise ones over evens-first channels. Everything else in the model is the same code. The model is the paper's
+(with MEFC), random weights (seed 0). Each figure is the median of ``--repeat`` timed iterations after one warm-up,
+the two formulations alternating so that a drift in the machine's speed falls on both. "max diff" is the largest
 difference between the two outputs of the last iteration.
 """
 
@@ -24,26 +24,18 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from drsformer.archs.blocks import MixedScaleFeedForward
 from drsformer.archs.variants import VARIANTS
 
-CURRENT = MixedScaleFeedForward.forward_fast
+FORMULATIONS = {"previous": False, "current": True}  # MixedScaleFeedForward.pair_split
 
 
-def previous(self: MixedScaleFeedForward, x: Tensor) -> Tensor:
-    x1, x2 = self._mixed_scale(x)
-    w1, w2 = self.project_out.weight.split(self.hidden, dim=1)
-    return F.conv2d(x1, w1, self.project_out.bias).add_(F.conv2d(x2, w2))
-
-
-FORMULATIONS = {"previous": previous, "current": CURRENT}
-
-
-def use(name: str) -> None:
-    MixedScaleFeedForward.forward_fast = FORMULATIONS[name]  # type: ignore[method-assign]
+def use(model: torch.nn.Module, name: str) -> None:
+    for module in model.modules():
+        if isinstance(module, MixedScaleFeedForward):
+            module.pair_split = FORMULATIONS[name]
 
 
 def alternate(runs: dict[str, Callable[[], Tensor]], repeat: int) -> tuple[dict[str, float], float]:
@@ -63,7 +55,7 @@ def alternate(runs: dict[str, Callable[[], Tensor]], repeat: int) -> tuple[dict[
 
 def eager(model: torch.nn.Module, image: Tensor, name: str, train: bool) -> Callable[[], Tensor]:
     def run() -> Tensor:
-        use(name)
+        use(model, name)
         if not train:
             with torch.inference_mode():
                 return model(image)
@@ -82,9 +74,10 @@ def onnx_sessions(model: torch.nn.Module, folder: Path) -> dict[str, torch.nn.Mo
 
     sessions = {}
     for name in FORMULATIONS:
-        use(name)
+        exported = graph.ExportedDRSformer(model)  # which keeps the grouped form; set each here
+        use(exported, name)
         path = folder / f"{name}.onnx"
-        graph.export_onnx(graph.ExportedDRSformer(model), graph.example_input(64, 64), True, path)
+        graph.export_onnx(exported, graph.example_input(64, 64), True, path)
         sessions[name] = OnnxModel(path)
     return sessions
 
@@ -113,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
                 medians, difference = alternate(runs, args.repeat)
                 print(f"| {size}² | {mode} | {medians['previous']:.2f} s | {medians['current']:.2f} s | "
                       f"{medians['previous'] / medians['current']:.2f}× | {difference:.1e} |", flush=True)  # fmt: skip
-    use("current")
     return 0
 
 

@@ -107,13 +107,16 @@ def test_module_apply_reaches_every_submodule() -> None:
 @pytest.mark.parametrize("dim, factor", [(4, 2.66), (6, 2.0), (48, 2.66)])  # hidden 10, 12 (even) and 127 (odd)
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_msfn_pairs_as_depthwise_equal_the_grouped_convolutions(dim, factor, bias, channels_last) -> None:
-    """The fast MSFN (pair-grouped convolutions as two depth-wise ones over evens-first channels) against the
-    paper's formulation: values, input and parameter gradients, for even and odd hidden widths."""
+@pytest.mark.parametrize("pair_split", [True, False])
+def test_msfn_pairs_as_depthwise_equal_the_grouped_convolutions(dim, factor, bias, channels_last, pair_split) -> None:
+    """The fast MSFN, with the pair-grouped convolutions split into two depth-wise ones over evens-first channels
+    (the CPU default) or grouped (CUDA, exports), against the paper's formulation: values, input and parameter
+    gradients, for even and odd hidden widths."""
     from drsformer.archs.blocks import MixedScaleFeedForward
 
     torch.manual_seed(0)
     ffn = MixedScaleFeedForward(dim, factor, bias).double()
+    ffn.pair_split = pair_split
     assert ffn.hidden % 2 == (ffn.hidden == 127)
     with torch.no_grad():
         for p in ffn.parameters():
@@ -148,3 +151,14 @@ def test_msfn_fast_path_under_bf16_autocast_stays_close() -> None:
             fast = ffn.forward_fast(x)
     assert fast.dtype == torch.bfloat16
     assert (fast.float() - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_exported_graphs_keep_the_grouped_msfn() -> None:
+    """ONNX Runtime ran the grouped form faster; eager CPU runs the split one (docs/benchmarks.md)."""
+    from drsformer.archs.blocks import MixedScaleFeedForward
+    from drsformer.deploy.graph import ExportedDRSformer
+
+    model = DRSformer(**TINY)
+    exported = ExportedDRSformer(model)
+    assert {m.pair_split for m in exported.modules() if isinstance(m, MixedScaleFeedForward)} == {False}
+    assert {m.pair_split for m in model.modules() if isinstance(m, MixedScaleFeedForward)} == {None}
