@@ -431,3 +431,20 @@ def test_a_running_job_is_cancelled_from_the_keyboard(server, browser) -> None:
         page.wait_for_selector("li.job[data-state=cancelled]", timeout=30_000)
     finally:
         page.close()
+
+
+def test_out_of_memory_fails_the_job_in_one_line_and_the_server_goes_on(server, monkeypatch) -> None:
+    """The CPU allocator's own failure, raised from inside the model's first layer norm."""
+    layer_norm = torch.nn.functional.layer_norm
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 123456789 bytes. Error code 12 (Cannot allocate memory)")  # fmt: skip
+
+    data = encode_image(photo(np.random.default_rng(11), 40, 50), ".png")
+    monkeypatch.setattr(torch.nn.functional, "layer_norm", no_memory)
+    job = server.wait(server.upload(data, "big.png")[1]["id"])
+    assert job["state"] == "failed" and "\n" not in job["error"]
+    assert job["error"].startswith("big.png: out of memory on cpu restoring 40x50 pixels; use a smaller --tile")
+    monkeypatch.setattr(torch.nn.functional, "layer_norm", layer_norm)
+    assert server.wait(server.upload(data, "small.png")[1]["id"])["state"] == "done"

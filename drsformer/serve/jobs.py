@@ -25,7 +25,7 @@ import numpy as np
 from torch import nn
 
 from ..data.io import read_image_with_alpha, to_uint8, write_image
-from ..errors import DrsformerError, OutOfMemory
+from ..errors import DrsformerError
 from ..inference import InferenceSettings
 from ..photos import derain_file
 
@@ -208,10 +208,7 @@ class JobQueue:
         except Cancelled:
             self._finish(job, "cancelled")
             return
-        except OutOfMemory as err:
-            self._finish(job, "failed", f"out of memory: {str(err).split(': ', 1)[-1]}")
-            return
-        except DrsformerError as err:
+        except DrsformerError as err:  # out of memory among them: "photo.jpg: out of memory on cpu restoring ..."
             self._finish(job, "failed", str(err).replace(str(job.input), job.name))
             return
         except Exception as err:  # a bug: the job fails with its one line, the server goes on
