@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..optional import require
+from ..photos import JPEG_EXTENSIONS
 from ..precision import PRECISIONS
 from .jobs import FINISHED, Job, JobQueue, Model, new_job_id, size_of
 from .uploads import UploadError, inspect
@@ -131,10 +132,8 @@ def create_app(models: list[Model], jobs: JobQueue, limits: Limits, token: str |
         job = job_of(request)
         if job is None:
             return error("unknown job", 404)
-        if request.method == "DELETE":
-            if job.state not in FINISHED:
-                jobs.cancel(job)
-            return JSONResponse(job.describe())
+        if request.method == "DELETE" and job.state not in FINISHED:
+            jobs.cancel(job)
         return JSONResponse(job.describe())
 
     async def result(request: Request) -> Response:
@@ -186,5 +185,5 @@ def download_name(job: Job) -> str:
     return f"{stem}{job.suffix}" if Path(job.name).suffix.lower() not in _SAME[job.suffix] else job.name
 
 
-_SAME = {".png": (".png",), ".jpg": (".jpg", ".jpeg"), ".bmp": (".bmp",), ".tif": (".tif", ".tiff"),
+_SAME = {".png": (".png",), ".jpg": JPEG_EXTENSIONS, ".bmp": (".bmp",), ".tif": (".tif", ".tiff"),
          ".webp": (".webp",), ".ppm": (".ppm", ".pgm", ".pbm")}  # fmt: skip

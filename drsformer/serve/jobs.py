@@ -107,8 +107,7 @@ def write_preview(source: Path, target: Path) -> None:
     image = read_image_with_alpha(source)
     rgb = to_uint8(image.rgb)
     if image.alpha is not None:
-        alpha = image.alpha if image.alpha.dtype == np.uint8 else (image.alpha // 257).astype(np.uint8)
-        rgb = np.dstack([rgb, alpha])
+        rgb = np.dstack([rgb, to_uint8(image.alpha)])
     write_image(target, rgb)
 
 
