@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -203,6 +204,74 @@ def tiled_photo(check: Check) -> None:
     check.add(name, ok, figures)
 
 
+def msfn_step(module, x, mode: str, split: bool):  # noqa: ANN001, ANN201 (torch is imported where it runs)
+    """One forward (or forward + backward) of ``module`` with ``pair_split = split``: its output (and the input's
+    gradient), flattened."""
+    import torch
+
+    module.pair_split = split
+    if mode == "forward":
+        with torch.inference_mode():
+            return module(x.detach()).flatten()
+    x.grad = None
+    out = module(x)
+    out.square().mean().backward()
+    return torch.cat([out.detach().flatten(), x.grad.flatten()])
+
+
+def msfn_formulations(check: Check) -> None:
+    """One MSFN of the full model's first level (dim 48, hidden 127) and of its second (96, 255), in the two
+    formulations of its pair-grouped convolutions (``pair_split``: False, the grouped convolutions CUDA runs by
+    default; True, two depth-wise ones, the CPU default since issue 29): forward, and forward + backward, on a
+    training batch (8 x 128^2 and 8 x 64^2), alternating, median of 20 after 5 warm-ups. The outputs and input
+    gradients must agree. Quick: 2 x 32^2, 3 timed."""
+    import torch
+
+    from drsformer.archs.blocks import MixedScaleFeedForward
+
+    device = torch.device(check.device)
+    cuda = device.type == "cuda"
+    warmup, repeat = (1, 3) if check.quick else (5, 20)
+    rows, worst = [], 0.0
+
+    def timed(fn: Callable[[], torch.Tensor]) -> float:
+        if cuda:
+            torch.cuda.synchronize(device)
+        began = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - began) * 1000
+
+    def measure() -> None:
+        nonlocal worst
+        for dim, side in ((48, 128), (96, 64)):
+            torch.manual_seed(0)
+            module = MixedScaleFeedForward(dim, 2.66, bias=False).to(device)
+            batch, side = (2, 32) if check.quick else (8, side)
+            x = torch.randn(batch, dim, side, side, device=device, requires_grad=True)
+            results = {}
+            for mode in ("forward", "forward + backward"):
+                run = functools.partial(msfn_step, module, x, mode)
+                for _ in range(warmup):
+                    run(False), run(True)
+                times: dict[bool, list[float]] = {False: [], True: []}
+                for i in range(repeat):
+                    for split in (False, True) if i % 2 == 0 else (True, False):
+                        times[split].append(timed(functools.partial(run, split)))
+                worst = max(worst, (run(False) - run(True)).abs().max().item())
+                results[mode] = [statistics.median(times[split]) for split in (False, True)]
+            rows.append(f"dim {dim}, {batch}x{side}²: " + "; ".join(
+                f"{mode} {grouped:.2f} → {split:.2f} ms ({grouped / split:.2f}×)"
+                for mode, (grouped, split) in results.items()))  # fmt: skip
+            print(rows[-1])
+
+    ok, _ = check.call("MSFN formulations", "msfn_formulations (pair_split False against True)", measure)
+    ok = ok and worst < 1e-3
+    check.add("MSFN pair-grouped convolutions: grouped (CUDA default) → two depth-wise (pair_split)", ok,
+              " \\| ".join(rows) + f"; max difference {worst:.2g}" if rows else "")  # fmt: skip
+
+
 def train(check: Check, label: str, sets: list[str]) -> tuple[bool, dict]:
     """drsformer train on the demo's synthetic pairs; returns its figures from log.jsonl."""
     data = check.out / "data"
@@ -277,6 +346,7 @@ def main() -> int:
     for label, options in train_runs + ([] if args.quick else [("bf16 + compile", compiled)]):
         bench(check, "train", label, options)
 
+    msfn_formulations(check)
     tiled_photo(check)
     ok_fast, fast = train(check, "bf16", ["train.precision=bf16"])
     model = "the demo's width-8 model" if args.quick else "the full model (with MEFC)"
