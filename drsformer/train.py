@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .engine.trainer import train
+    from .memory import keep_freed_memory
 
+    keep_freed_memory()
     resolved = read_training_options(args.opt, parse_overrides(args.set))
     if os.environ.get("RANK", "0") == "0":
         for key, why in resolved.ignored:

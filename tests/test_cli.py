@@ -3,11 +3,13 @@
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY
@@ -15,6 +17,7 @@ from conftest import TINY
 from drsformer.archs import DRSformer
 from drsformer.cli import main
 from drsformer.commands.args import parse_size
+from drsformer.data.io import write_image
 
 TINY_ARGS = ["--dim", "8", "--num-blocks", "1", "1", "1", "1", "--heads", "1", "2", "4", "8"]
 
@@ -201,6 +204,39 @@ def test_huge_pages_back_large_tensors_once_asked_for() -> None:
     assert huge["ask"] >= 2048  # kB: at least one 2 MB page (the kernel may not find 2 MB blocks for all of it)
     if _thp_mode() == "madvise":  # with "always" the kernel uses them anyway
         assert huge["leave"] < 32 * 1024
+
+
+KEPT_AFTER_FREE = (
+    "import sys, torch; from drsformer.cli import main; from drsformer.memory import resident_mb\n"
+    "if sys.argv[1:]: assert main(sys.argv[1:]) == 0\n"
+    "x = torch.ones(16 * 2**20); before = resident_mb(); del x\n"
+    "print(round(before - resident_mb()))"
+)
+
+
+def _freed_mb(*argv: str, **env: str) -> int:
+    """In a fresh process, after ``drsformer ARGV`` (if any): how many MB freeing a 64 MB tensor gives back."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    done = subprocess.run([sys.executable, "-c", KEPT_AFTER_FREE, *argv], env={**clean, **env}, capture_output=True,
+                          text=True, cwd=Path(__file__).parents[1])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_commands_keep_freed_memory_for_reuse_unless_the_user_chose(tmp_path) -> None:
+    """glibc hands a freed 64 MB block back to the kernel; after derain or bench (either mode) it is kept for the
+    next tensor, unless the user set glibc's own MALLOC_* variables."""
+    torch.manual_seed(0)
+    torch.save({"params": DRSformer(**TINY, mefc=False).state_dict()}, tmp_path / "w.pth")
+    write_image(tmp_path / "in" / "1.png", np.zeros((16, 16, 3), np.uint8))
+    derain = ["derain", "--weights", str(tmp_path / "w.pth"), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "o"),
+              "--quiet"]  # fmt: skip
+    bench = ["bench", *TINY_ARGS, "--size", "16", "--warmup", "1", "--repeat", "1", "--device", "cpu"]
+    assert _freed_mb() >= 60
+    assert _freed_mb(*derain) < 4
+    assert _freed_mb(*bench, "--mode", "train") < 4
+    assert _freed_mb(*bench, "--mode", "train", MALLOC_MMAP_MAX_="65536") >= 60
 
 
 def test_derain_and_test_ask_for_huge_pages(tmp_path, monkeypatch, capsys) -> None:

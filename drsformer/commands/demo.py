@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..demo.run import DemoSettings, run_demo
 from ..devices import resolve_device
+from ..memory import keep_freed_memory
 from .args import add_device
 
 
@@ -22,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    keep_freed_memory()  # as train does
     device = str(resolve_device(args.device))
     settings = DemoSettings(
         Path(args.out), args.minutes, device, args.seed, args.size, args.max_iterations, not args.no_progress
