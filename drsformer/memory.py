@@ -56,14 +56,22 @@ def keep_freed_memory(keep: bool = True) -> bool:
     model on CPU (docs/benchmarks.md), for a resident set about 13 % larger at 256^2, which stays at its peak
     until the process ends. ``derain``, ``test``, ``bench``, ``train`` and ``demo`` call this; ``serve``, a
     long-running process, does not. A user's own ``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_`` or
-    ``glibc.malloc`` tunables win. ``keep=False`` restores glibc's defaults (for
-    benchmarks). Returns whether the setting was applied (glibc on Linux only).
+    ``glibc.malloc`` tunables win. ``keep=False`` restores glibc's defaults (for benchmarks). Returns whether the
+    setting was applied (glibc on Linux only).
     """
     if keep and (
         any(v in os.environ for v in MALLOC_VARIABLES) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
     ):
         return False
     return _mallopt({M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1} if keep else GLIBC_DEFAULTS)
+
+
+def prepare_host_memory(inference: bool) -> None:
+    """What a command asks of host memory before its first large tensor: huge pages for inference (no gain was
+    measured for training) and freed memory kept for reuse for both."""
+    if inference:
+        prefer_huge_pages()
+    keep_freed_memory()
 
 
 def _status_mb(field: str) -> float:

@@ -20,7 +20,7 @@ from .commands.running import module_main
 from .config.testing import FLAG_SETTINGS, plan_sets
 from .evaluation.report import SCORES_FILE
 from .evaluation.testing import TestRun, run_tests
-from .memory import keep_freed_memory, prefer_huge_pages
+from .memory import prepare_host_memory
 
 DESCRIPTION = (
     "restore benchmark test sets, save the results and print PSNR/SSIM beside the paper's (NIQE/BRISQUE of "
@@ -72,8 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    prefer_huge_pages()
-    keep_freed_memory()
+    prepare_host_memory(inference=True)
     flags = {key: getattr(args, key) for key in FLAG_SETTINGS}
     sets, settings = plan_sets(args.opt, flags, args.data)
     return run_tests(TestRun.from_settings(sets, settings, progress=not args.quiet))

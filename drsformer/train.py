@@ -36,9 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .engine.trainer import train
-    from .memory import keep_freed_memory
+    from .memory import prepare_host_memory
 
-    keep_freed_memory()
+    prepare_host_memory(inference=False)
     resolved = read_training_options(args.opt, parse_overrides(args.set))
     if os.environ.get("RANK", "0") == "0":
         for key, why in resolved.ignored:

@@ -10,7 +10,7 @@ import torch
 from ..archs.drsformer import IMPL_PARTS, IMPLS
 from ..devices import resolve_device
 from ..errors import ConfigError
-from ..memory import keep_freed_memory, prefer_huge_pages
+from ..memory import prepare_host_memory
 from ..timing import BenchSettings, format_table, run_paths, to_json
 from .args import add_device, add_model, add_precision, model_from_args, parse_size
 
@@ -58,9 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.mode == "infer":  # as derain and test do
-        prefer_huge_pages()
-    keep_freed_memory()  # as derain, test and train do
+    prepare_host_memory(inference=args.mode == "infer")  # as derain, test and train do
     args.device = str(resolve_device(args.device))
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     unknown = [p for p in parts if p not in IMPL_PARTS]

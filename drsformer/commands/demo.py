@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..demo.run import DemoSettings, run_demo
 from ..devices import resolve_device
-from ..memory import keep_freed_memory
+from ..memory import prepare_host_memory
 from .args import add_device
 
 
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    keep_freed_memory()  # as train does
+    prepare_host_memory(inference=False)  # it trains
     device = str(resolve_device(args.device))
     settings = DemoSettings(
         Path(args.out), args.minutes, device, args.seed, args.size, args.max_iterations, not args.no_progress

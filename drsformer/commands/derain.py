@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..devices import resolve_device
 from ..errors import ConfigError, ExportError, ImageReadError, ImageWriteError, OutOfMemory
 from ..inference import InferenceSettings
-from ..memory import keep_freed_memory, prefer_huge_pages
+from ..memory import prepare_host_memory
 from ..photos import DerainReport, derain_file, input_files, load_pytorch
 from .args import add_device, add_precision, add_weights_key, parse_tile
 
@@ -89,8 +89,7 @@ def onnx_backend(args: argparse.Namespace, device: torch.device) -> tuple[nn.Mod
 
 
 def run(args: argparse.Namespace) -> int:
-    prefer_huge_pages()
-    keep_freed_memory()
+    prepare_host_memory(inference=True)
     files = input_files(args.input)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
