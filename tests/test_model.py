@@ -104,20 +104,21 @@ def test_module_apply_reaches_every_submodule() -> None:
     assert seen.count("TransformerBlock") == 2 * (1 + 1 + 1) + 2 and seen[-1] == "DRSformer"
 
 
-@pytest.mark.parametrize("dim, factor", [(4, 2.66), (6, 2.0), (48, 2.66)])  # hidden 10, 12 (even) and 127 (odd)
+# hidden 10, 12 (even), 127 and 3 (odd: one pair straddles the branches) and 1 (no pair split)
+@pytest.mark.parametrize("dim, factor", [(4, 2.66), (6, 2.0), (48, 2.66), (3, 1.0), (2, 0.5)])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("pair_split", [True, False])
 def test_msfn_pairs_as_depthwise_equal_the_grouped_convolutions(dim, factor, bias, channels_last, pair_split) -> None:
-    """The fast MSFN, with the pair-grouped convolutions split into two depth-wise ones over evens-first channels
-    (the CPU default) or grouped (CUDA, exports), against the paper's formulation: values, input and parameter
-    gradients, for even and odd hidden widths."""
+    """The fast MSFN, computed in segments with the pair-grouped convolutions as depth-wise ones (the CPU default)
+    or grouped (CUDA, exports), against the paper's formulation: values, input and parameter gradients, for even
+    and odd hidden widths."""
     from drsformer.archs.blocks import MixedScaleFeedForward
 
     torch.manual_seed(0)
     ffn = MixedScaleFeedForward(dim, factor, bias).double()
     ffn.pair_split = pair_split
-    assert ffn.hidden % 2 == (ffn.hidden == 127)
+    assert ffn.hidden % 2 == (ffn.hidden in (127, 3, 1))
     with torch.no_grad():
         for p in ffn.parameters():
             p.add_(torch.randn_like(p) * 0.1)

@@ -86,24 +86,35 @@ def _halves_evens_first(hidden: int) -> list[int]:
     return [half + k for half in (0, hidden) for parity in (0, 1) for k in range(parity, hidden, 2)]
 
 
+def _slices(tensor: Tensor | None, sizes: list[int]) -> Sequence[Tensor | None]:
+    return [None] * len(sizes) if tensor is None else tensor.split(sizes)
+
+
+def _depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, padding: Sequence[int] | int) -> Tensor:
+    return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
+
+
 class MixedScaleFeedForward(nn.Module):
     """MSFN: 1x1 up -> parallel depthwise 3x3 / 5x5 (+ReLU) -> the halves swap branches -> grouped 3x3 / 5x5
     (+ReLU) -> 1x1 down.
 
     The grouped convolutions (``dwconv3x3_1``, ``dwconv5x5_1``) have two input channels per group: output ``g``
     reads channels ``2g`` and ``2g + 1`` of ``cat([a, b])``, ``a`` and ``b`` halves of the two depth-wise
-    branches. CPU libraries run such convolutions several times slower than depth-wise ones, so the fast path
-    computes each as two depth-wise convolutions, one over the even-numbered inputs and one over the odd ones,
-    added. For those inputs to come out of the concatenation without a gather, the first stage computes its
-    channels evens first (``project_in``, ``dwconv3x3`` and ``dwconv5x5`` with their output channels permuted
-    once per call, a few kilobytes of weights): each even or odd set is then two contiguous slices. When
-    ``hidden`` is odd, the pair that straddles ``a`` and ``b`` comes out right too: an even position in ``b`` is
-    then an odd channel of ``b``. The 1x1 down-projection of ``cat([x1, x2])`` is split into
-    ``W_1 x1 + W_2 x2``, so that concatenation is never built.
+    branches. CPU libraries run such convolutions several times slower than depth-wise ones, and the
+    concatenations feeding them copy every channel once more. The fast path (``pair_split``) avoids both:
 
-    ``pair_split`` chooses: None (the default) splits on CPU tensors only, where it was measured (1.26-1.50x for
-    the whole model); True or False forces it. Exported graphs keep the grouped convolutions, which ONNX Runtime
-    ran 4-6 % faster than the split ones (docs/benchmarks.md).
+    - ``project_in``'s output channels are taken per half, in four segments (evens, odds of each half), each
+      computed as its own contiguous map, and both first-stage depth-wise convolutions run on each segment;
+    - a grouped convolution's output ``g`` is then a depth-wise convolution of one segment plus one of another,
+      added in place. With ``hidden = 2m``, outputs ``g < m`` read the 3x3 branch's evens and odds at offset ``g``,
+      and outputs ``g >= m`` the 5x5 branch's at offset ``g - m``. With ``hidden = 2m + 1`` the 5x5 branch's
+      roles swap (its evens are the pairs' second inputs), and output ``m`` reads the last 3x3 even and the first
+      5x5 even: it is computed with the 3x3 outputs, plus one single-channel add;
+    - ``project_out`` of ``cat([x1, x2])`` is the sum of its columns applied to each piece, so no concatenation
+      is built. With odd ``hidden`` one piece carries a placeholder channel, which gets a zero column.
+
+    ``pair_split`` chooses: None (the default) on CPU tensors only, where it was measured (docs/benchmarks.md);
+    True or False forces it. Exported graphs keep the grouped convolutions, which ONNX Runtime ran faster.
     """
 
     def __init__(self, dim: int, ffn_expansion_factor: float, bias: bool, impl: str = "fast") -> None:
@@ -132,42 +143,73 @@ class MixedScaleFeedForward(nn.Module):
     def forward_reference(self, x: Tensor) -> Tensor:
         return self.project_out(torch.cat(self._mixed_scale(x), dim=1))
 
-    @staticmethod
-    def _permuted(conv: nn.Conv2d, order: Tensor) -> tuple[Tensor, Tensor | None]:
-        bias = None if conv.bias is None else conv.bias[order]
-        return conv.weight[order], bias
+    def _first_stage_segments(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """ReLU(3x3) and ReLU(5x5) depth-wise maps of ``project_in``'s channels, per segment: a's evens, a's
+        odds, b's evens, b's odds."""
+        order, evens, odds = self.order, (self.hidden + 1) // 2, self.hidden // 2
+        sizes = [evens, odds, evens, odds]
+        convs = (self.project_in, self.dwconv3x3, self.dwconv5x5)
+        weights = [_slices(conv.weight[order], sizes) for conv in convs]
+        biases = [_slices(None if conv.bias is None else conv.bias[order], sizes) for conv in convs]
+        segments = []
+        for k in range(4):
+            p = F.conv2d(x, weights[0][k], biases[0][k])
+            segments.append(
+                (
+                    _depthwise(p, weights[1][k], biases[1][k], 1).relu_(),
+                    _depthwise(p, weights[2][k], biases[2][k], 2).relu_(),
+                )
+            )
+        return segments
 
-    def _pairs_as_depthwise(self, conv: nn.Conv2d, evens: Tensor, odds: Tensor) -> Tensor:
-        """``conv`` (two inputs per group) of the interleaving of ``evens`` and ``odds``, then ReLU."""
-        weight, padding = conv.weight, conv.padding
-        out = F.conv2d(evens, weight[:, :1], conv.bias, padding=padding, groups=self.hidden)
-        return out.add_(F.conv2d(odds, weight[:, 1:], padding=padding, groups=self.hidden)).relu_()
+    def _pairs(
+        self, conv: nn.Conv2d, evens: tuple[Tensor, Tensor], odds: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """``ReLU(conv(cat([x_3, x_5])))`` for one half, from its segments (``evens``, ``odds``: the 3x3 and 5x5
+        maps), as two pieces: outputs ``[0, len(first))`` and the rest (for odd ``hidden``, after a placeholder
+        channel)."""
+        (even_3, even_5), (odd_3, odd_5) = evens, odds
+        m, padding = self.hidden // 2, conv.padding
+        first_inputs, second_inputs = conv.weight[:, :1], conv.weight[:, 1:]
+        bias = conv.bias
+        if self.hidden % 2 == 0:
+            low = _depthwise(even_3, first_inputs[:m], None if bias is None else bias[:m], padding)
+            low.add_(_depthwise(odd_3, second_inputs[:m], None, padding))
+            high = _depthwise(even_5, first_inputs[m:], None if bias is None else bias[m:], padding)
+            high.add_(_depthwise(odd_5, second_inputs[m:], None, padding))
+            return low.relu_(), high.relu_()
+        # hidden = 2m + 1: output m pairs the last 3x3 even with the first 5x5 even; 5x5 odds come first in a pair.
+        low = _depthwise(even_3, first_inputs[: m + 1], None if bias is None else bias[: m + 1], padding)
+        low[:, :m].add_(_depthwise(odd_3, second_inputs[:m], None, padding))
+        high_bias = None if bias is None else torch.cat([bias.new_zeros(1), bias[m + 1 :]])
+        high = _depthwise(even_5, second_inputs[m:], high_bias, padding)  # channel 0: output m's second input
+        high[:, 1:].add_(_depthwise(odd_5, first_inputs[m + 1 :], None, padding))
+        low[:, m:].add_(high[:, :1])
+        return low.relu_(), high.relu_()
+
+    def _segmented(self, x: Tensor) -> Tensor:
+        segments = self._first_stage_segments(x)
+        hidden = self.hidden
+        out: Tensor | None = None
+        for half, conv in ((0, self.dwconv3x3_1), (1, self.dwconv5x5_1)):
+            low, high = self._pairs(conv, segments[2 * half], segments[2 * half + 1])
+            columns = self.project_out.weight[:, half * hidden : (half + 1) * hidden]
+            low_columns, high_columns = columns[:, : low.shape[1]], columns[:, low.shape[1] :]
+            if hidden % 2:  # the placeholder channel of ``high`` gets a zero column
+                high_columns = torch.cat([high_columns.new_zeros(high_columns.shape[0], 1, 1, 1), high_columns], 1)
+            piece = F.conv2d(low, low_columns, self.project_out.bias if out is None else None)
+            piece.add_(F.conv2d(high, high_columns))
+            out = piece if out is None else out.add_(piece)
+        assert out is not None
+        return out
 
     def forward_fast(self, x: Tensor) -> Tensor:
         split_pairs = x.device.type == "cpu" if self.pair_split is None else self.pair_split
-        if not split_pairs:
-            x1, x2 = self._mixed_scale(x)
-            w1, w2 = self.project_out.weight.split(self.hidden, dim=1)
-            return F.conv2d(x1, w1, self.project_out.bias).add_(F.conv2d(x2, w2))
-        hidden, order = self.hidden, self.order
-        split = (hidden + 1) // 2  # in each half: the even offsets, then the odd ones
-        x = F.conv2d(x, *self._permuted(self.project_in, order))
-        d3 = F.conv2d(x, *self._permuted(self.dwconv3x3, order), padding=1, groups=2 * hidden).relu_()
-        d5 = F.conv2d(x, *self._permuted(self.dwconv5x5, order), padding=2, groups=2 * hidden).relu_()
-        # One split per map (in training its backward is one concatenation, where slices would each fill a
-        # zero map): per half, its even offsets and its odd ones.
-        sizes = [split, hidden - split] * 2
-        d3_parts, d5_parts = d3.split(sizes, dim=1), d5.split(sizes, dim=1)
-        outs = []
-        for half, conv in ((0, self.dwconv3x3_1), (1, self.dwconv5x5_1)):
-            even_3, odd_3 = d3_parts[2 * half], d3_parts[2 * half + 1]
-            even_5, odd_5 = d5_parts[2 * half], d5_parts[2 * half + 1]
-            if hidden % 2:  # cat([a, b]) puts b's offset j at position hidden + j: even when j is odd
-                even_5, odd_5 = odd_5, even_5
-            evens, odds = torch.cat([even_3, even_5], dim=1), torch.cat([odd_3, odd_5], dim=1)
-            outs.append(self._pairs_as_depthwise(conv, evens, odds))
-        w1, w2 = self.project_out.weight.split(hidden, dim=1)
-        return F.conv2d(outs[0], w1, self.project_out.bias).add_(F.conv2d(outs[1], w2))
+        if split_pairs and self.hidden >= 2:
+            return self._segmented(x)
+        x1, x2 = self._mixed_scale(x)
+        w1, w2 = self.project_out.weight.split(self.hidden, dim=1)
+        return F.conv2d(x1, w1, self.project_out.bias).add_(F.conv2d(x2, w2))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_fast(x) if self.impl == "fast" else self.forward_reference(x)
