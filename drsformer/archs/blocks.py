@@ -90,7 +90,7 @@ def _slices(tensor: Tensor | None, sizes: list[int]) -> Sequence[Tensor | None]:
     return [None] * len(sizes) if tensor is None else tensor.split(sizes)
 
 
-def _depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, padding: Sequence[int] | int) -> Tensor:
+def _depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
     return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
 
 
@@ -149,7 +149,7 @@ class MixedScaleFeedForward(nn.Module):
         order, evens, odds = self.order, (self.hidden + 1) // 2, self.hidden // 2
         sizes = [evens, odds, evens, odds]
         convs = (self.project_in, self.dwconv3x3, self.dwconv5x5)
-        weights = [_slices(conv.weight[order], sizes) for conv in convs]
+        weights = [conv.weight[order].split(sizes) for conv in convs]
         biases = [_slices(None if conv.bias is None else conv.bias[order], sizes) for conv in convs]
         segments = []
         for k in range(4):
@@ -169,7 +169,7 @@ class MixedScaleFeedForward(nn.Module):
         maps), as two pieces: outputs ``[0, len(first))`` and the rest (for odd ``hidden``, after a placeholder
         channel)."""
         (even_3, even_5), (odd_3, odd_5) = evens, odds
-        m, padding = self.hidden // 2, conv.padding
+        m, padding = self.hidden // 2, conv_radius(conv)
         first_inputs, second_inputs = conv.weight[:, :1], conv.weight[:, 1:]
         bias = conv.bias
         if self.hidden % 2 == 0:
