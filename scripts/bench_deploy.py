@@ -2,6 +2,8 @@
 optimisations, and the authors' architecture file, on the same weights and inputs.
 
     python scripts/bench_deploy.py --authors-arch /path/to/DRSformer_arch.py --sizes 128 512 1024
+    python scripts/bench_deploy.py --authors-arch /path/to/DRSformer_arch.py --sizes 256 512 --one-process \
+        --paths eager-fp32 eager-bf16 onnx authors        # one process, alternating, the same host memory for all
     python scripts/bench_deploy.py --weights demo_output/run/models/net_g_latest.pth --pairs demo_output/data/test \\
         --paths eager-fp32 eager-bf16 onnx            # PSNR of each path on real pairs (the demo's held-out photos)
 
@@ -11,14 +13,18 @@ export made once at the start (``drsformer export``'s tracing, without its check
 output itself). Each (path, size) runs in a fresh process: peak memory is that process's resident-set high-water
 mark after the model and input are built ("base" is the resident set then). Times are the median of
 ``--repeat`` runs after one warm-up. "max diff" is the largest difference from eager fp32 on the same input.
-This package's paths ask for huge pages as ``drsformer derain`` does (set ``THP_MEM_ALLOC_ENABLE=0`` to
-compare without); the authors' path gets the environment as it is.
+This package's paths prepare host memory as ``drsformer derain`` does (huge pages, freed memory kept; set
+``THP_MEM_ALLOC_ENABLE=0`` or ``MALLOC_MMAP_MAX_`` to compare without); the authors' path gets the environment as
+it is. With ``--one-process`` every path runs in this process instead, alternating (the order reversed every
+other round, so that a drift in the machine's speed falls on all), and the authors' path gets the same host
+memory as ours; peak memory is then not reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -32,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drsformer.memory import peak_mb, prefer_huge_pages, reset_peak, resident_mb
+from drsformer.memory import peak_mb, prepare_host_memory, reset_peak, resident_mb
 
 PATHS = ("eager-fp32", "eager-bf16", "onnx", "onnx-noopt", "onnx-fp16", "authors")
 
@@ -52,7 +58,8 @@ def authors_model(arch_file: str, ours):
     spec = importlib.util.spec_from_file_location("authors_drsformer_arch", arch_file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = {k: v for k, v in ours.config.items() if k != "mefc"}
+    accepted = inspect.signature(module.DRSformer).parameters
+    config = {k: v for k, v in ours.config.items() if k in accepted}
     model = module.DRSformer(**config).eval()
     model.load_state_dict(ours.state_dict(), strict=True)
     return model
@@ -90,7 +97,7 @@ def child(args: argparse.Namespace) -> None:
     """One (path, input) measurement; writes JSON and the output array."""
     torch.set_num_threads(args.threads)
     if args.path != "authors":  # as derain does; the authors' code runs as its users get it
-        prefer_huge_pages()
+        prepare_host_memory(inference=True)
     model = load_model(args.weights)
     run = make_runner(args.path, args, model)
     if args.input_npy:
@@ -178,6 +185,40 @@ def speed_table(args: argparse.Namespace, tmp: Path) -> list[dict]:
     return rows
 
 
+def alternating_table(args: argparse.Namespace) -> list[dict]:
+    """Every path in this process, alternating, with the same host memory (the issue-29 protocol)."""
+    prepare_host_memory(inference=True)
+    torch.set_num_threads(args.threads)
+    model = load_model(args.weights)
+    runners = {path: make_runner(path, args, model) for path in args.paths}
+    header = f"{'size':>10} {'path':>11} {'s/image':>9} {'vs authors':>10} {'vs fp32':>8} {'max diff':>9}  runs (s)"
+    print(header + "\n" + "-" * len(header), flush=True)
+    rows = []
+    for h, w in args.sizes:
+        image = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(1))
+        times: dict[str, list[float]] = {path: [] for path in args.paths}
+        outputs = {}
+        with torch.inference_mode():
+            for path, run in runners.items():  # warm-up
+                outputs[path] = run(image).float()
+            for i in range(args.repeat):
+                for path in args.paths if i % 2 == 0 else args.paths[::-1]:
+                    start = time.perf_counter()
+                    runners[path](image)
+                    times[path].append(time.perf_counter() - start)
+        medians = {path: statistics.median(t) for path, t in times.items()}
+        for path in args.paths:
+            diff = (outputs[path] - outputs[args.paths[0]]).abs().max().item()
+            vs_authors = medians["authors"] / medians[path] if "authors" in medians else float("nan")
+            vs_fp32 = medians["eager-fp32"] / medians[path] if "eager-fp32" in medians else float("nan")
+            runs = " ".join(f"{t:.2f}" for t in times[path])
+            ratios = f"{vs_authors:>9.2f}x {vs_fp32:>7.2f}x"
+            print(f"{h}x{w:<6} {path:>11} {medians[path]:>9.2f} {ratios} {diff:>9.1e}  {runs}", flush=True)
+            rows.append({"size": f"{h}x{w}", "path": path, "median_s": medians[path], "times_s": times[path],
+                         "speedup_vs_authors": vs_authors, "speedup_vs_fp32": vs_fp32, "max_diff": diff})  # fmt: skip
+    return rows
+
+
 def psnr_table(args: argparse.Namespace, tmp: Path) -> list[dict]:
     """Y-PSNR of each path on real pairs (the protocol of the paper's tables), and the change from eager fp32."""
     from drsformer.data.io import list_images, match_files, read_image
@@ -222,6 +263,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--one-process", action="store_true", help="all paths in this process, alternating")
     for hidden in ("--path", "--out-json", "--out-npy", "--input-npy"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--height", type=int, default=0, help=argparse.SUPPRESS)
@@ -246,7 +288,10 @@ def main() -> None:
         tmp = Path(folder)
         if any(p in ("onnx", "onnx-noopt") for p in args.paths) and not args.onnx:
             args.onnx = export_once(args, tmp)
-        rows = psnr_table(args, tmp) if args.pairs else speed_table(args, tmp)
+        if args.pairs:
+            rows = psnr_table(args, tmp)
+        else:
+            rows = alternating_table(args) if args.one_process else speed_table(args, tmp)
     if args.json:
         Path(args.json).write_text(
             json.dumps({"threads": args.threads, "torch": torch.__version__, "rows": rows}, indent=2)

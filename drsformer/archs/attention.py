@@ -230,10 +230,22 @@ class ChannelAttention(nn.Module):
         raise NotImplementedError
 
     def apply_weights(self, weights: Tensor, v: Tensor) -> Tensor:
-        """``project_out(weights @ v)`` pixel by pixel; v: (B, heads, C / heads, H, W)."""
+        """``project_out(weights @ v)`` pixel by pixel; v: (B, heads, C / heads, H, W).
+
+        Both are linear maps over channels, so they are composed first (``W_out @ blockdiag(weights)``, C x C per
+        image) and applied to v in one product, written in v's layout (NHWC when q, k, v are).
+        """
         b, heads, c, h, w = v.shape
-        out = weights.to(v.dtype) @ v.flatten(-2)
-        return self.project_out(out.reshape(b, heads * c, h, w))
+        dim = heads * c
+        project = self.project_out.weight.view(dim, heads, c).to(weights.dtype)
+        composed = torch.einsum("ohi,bhij->bohj", project, weights).reshape(b, dim, dim).to(v.dtype)
+        v = v.reshape(b, dim, h * w)
+        if v.stride(1) == 1 and dim > 1:  # channels innermost: the transposed product is stored as NHWC
+            out = torch.bmm(v.transpose(1, 2), composed.transpose(1, 2)).view(b, h, w, dim).permute(0, 3, 1, 2)
+        else:
+            out = torch.bmm(composed, v).view(b, dim, h, w)
+        bias = self.project_out.bias
+        return out if bias is None else out + bias.to(out.dtype).view(1, -1, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.project_qkv(x)
