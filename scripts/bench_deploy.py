@@ -2,7 +2,7 @@
 optimisations, and the authors' architecture file, on the same weights and inputs.
 
     python scripts/bench_deploy.py --authors-arch /path/to/DRSformer_arch.py --sizes 128 512 1024
-    python scripts/bench_deploy.py --authors-arch /path/to/DRSformer_arch.py --sizes 256 512 --one-process \
+    python scripts/bench_deploy.py --authors-arch /path/to/DRSformer_arch.py --sizes 256 512 --one-process \\
         --paths eager-fp32 eager-bf16 onnx authors        # one process, alternating, the same host memory for all
     python scripts/bench_deploy.py --weights demo_output/run/models/net_g_latest.pth --pairs demo_output/data/test \\
         --paths eager-fp32 eager-bf16 onnx            # PSNR of each path on real pairs (the demo's held-out photos)
@@ -207,8 +207,9 @@ def alternating_table(args: argparse.Namespace) -> list[dict]:
                     runners[path](image)
                     times[path].append(time.perf_counter() - start)
         medians = {path: statistics.median(t) for path, t in times.items()}
+        reference = outputs.get("eager-fp32", outputs[args.paths[0]])
         for path in args.paths:
-            diff = (outputs[path] - outputs[args.paths[0]]).abs().max().item()
+            diff = (outputs[path] - reference).abs().max().item()
             vs_authors = medians["authors"] / medians[path] if "authors" in medians else float("nan")
             vs_fp32 = medians["eager-fp32"] / medians[path] if "eager-fp32" in medians else float("nan")
             runs = " ".join(f"{t:.2f}" for t in times[path])

@@ -221,10 +221,10 @@ def msfn_step(module, x, mode: str, split: bool):  # noqa: ANN001, ANN201 (torch
 
 def msfn_formulations(check: Check) -> None:
     """One MSFN of the full model's first level (dim 48, hidden 127) and of its second (96, 255), in the two
-    formulations of its pair-grouped convolutions (``pair_split``: False, the grouped convolutions CUDA runs by
-    default; True, two depth-wise ones, the CPU default since issue 29): forward, and forward + backward, on a
-    training batch (8 x 128^2 and 8 x 64^2), alternating, median of 20 after 5 warm-ups. The outputs and input
-    gradients must agree. Quick: 2 x 32^2, 3 timed."""
+    formulations of its pair-grouped convolutions (``pair_split``: False, the grouped convolutions CUDA runs by default;
+    True, depth-wise ones on contiguous segments, the CPU default since issue 29): forward, and forward + backward, on a
+    training batch (8 x 128^2 and 8 x 64^2), alternating, median of 20 after 5 warm-ups. The outputs and input gradients
+    must agree. Quick: 2 x 32^2, 3 timed."""
     import torch
 
     from drsformer.archs.blocks import MixedScaleFeedForward
