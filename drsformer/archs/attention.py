@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .channel_mixing import mix_channels
 
 ATTENTIONS = ("topk", "dense")
 # The paper's four top-k ratios, as an options file writes them.
@@ -239,11 +240,7 @@ class ChannelAttention(nn.Module):
         dim = heads * c
         project = self.project_out.weight.view(dim, heads, c).to(weights.dtype)
         composed = torch.einsum("ohi,bhij->bohj", project, weights).reshape(b, dim, dim).to(v.dtype)
-        v = v.reshape(b, dim, h * w)
-        if v.stride(1) == 1 and dim > 1:  # channels innermost: the transposed product is stored as NHWC
-            out = torch.bmm(v.transpose(1, 2), composed.transpose(1, 2)).view(b, h, w, dim).permute(0, 3, 1, 2)
-        else:
-            out = torch.bmm(composed, v).view(b, dim, h, w)
+        out = mix_channels(composed, v.reshape(b, dim, h, w))
         bias = self.project_out.bias
         return out if bias is None else out + bias.to(out.dtype).view(1, -1, 1, 1)
 

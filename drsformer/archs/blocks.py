@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from .attention import ATTENTION_TYPES, PAPER_RATIOS, AttentionSums, ChannelAttention, TopKSparseAttention, autocast_off
+from .depthwise import depthwise_conv2d
 from .mefc import conv_radius
 
 LAYERNORM_TYPES = ("WithBias", "BiasFree")
@@ -90,10 +91,6 @@ def _slices(tensor: Tensor | None, sizes: list[int]) -> Sequence[Tensor | None]:
     return [None] * len(sizes) if tensor is None else tensor.split(sizes)
 
 
-def _depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
-    return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
-
-
 class MixedScaleFeedForward(nn.Module):
     """MSFN: 1x1 up -> parallel depthwise 3x3 / 5x5 (+ReLU) -> the halves swap branches -> grouped 3x3 / 5x5
     (+ReLU) -> 1x1 down.
@@ -156,8 +153,8 @@ class MixedScaleFeedForward(nn.Module):
             p = F.conv2d(x, weights[0][k], biases[0][k])
             segments.append(
                 (
-                    _depthwise(p, weights[1][k], biases[1][k], 1).relu_(),
-                    _depthwise(p, weights[2][k], biases[2][k], 2).relu_(),
+                    depthwise_conv2d(p, weights[1][k], biases[1][k], 1).relu_(),
+                    depthwise_conv2d(p, weights[2][k], biases[2][k], 2).relu_(),
                 )
             )
         return segments
@@ -173,17 +170,17 @@ class MixedScaleFeedForward(nn.Module):
         first_inputs, second_inputs = conv.weight[:, :1], conv.weight[:, 1:]
         bias = conv.bias
         if self.hidden % 2 == 0:
-            low = _depthwise(even_3, first_inputs[:m], None if bias is None else bias[:m], padding)
-            low.add_(_depthwise(odd_3, second_inputs[:m], None, padding))
-            high = _depthwise(even_5, first_inputs[m:], None if bias is None else bias[m:], padding)
-            high.add_(_depthwise(odd_5, second_inputs[m:], None, padding))
+            low = depthwise_conv2d(even_3, first_inputs[:m], None if bias is None else bias[:m], padding)
+            low.add_(depthwise_conv2d(odd_3, second_inputs[:m], None, padding))
+            high = depthwise_conv2d(even_5, first_inputs[m:], None if bias is None else bias[m:], padding)
+            high.add_(depthwise_conv2d(odd_5, second_inputs[m:], None, padding))
             return low.relu_(), high.relu_()
         # hidden = 2m + 1: output m pairs the last 3x3 even with the first 5x5 even; 5x5 odds come first in a pair.
-        low = _depthwise(even_3, first_inputs[: m + 1], None if bias is None else bias[: m + 1], padding)
-        low[:, :m].add_(_depthwise(odd_3, second_inputs[:m], None, padding))
+        low = depthwise_conv2d(even_3, first_inputs[: m + 1], None if bias is None else bias[: m + 1], padding)
+        low[:, :m].add_(depthwise_conv2d(odd_3, second_inputs[:m], None, padding))
         high_bias = None if bias is None else torch.cat([bias.new_zeros(1), bias[m + 1 :]])
-        high = _depthwise(even_5, second_inputs[m:], high_bias, padding)  # channel 0: output m's second input
-        high[:, 1:].add_(_depthwise(odd_5, first_inputs[m + 1 :], None, padding))
+        high = depthwise_conv2d(even_5, second_inputs[m:], high_bias, padding)  # channel 0: output m's second input
+        high[:, 1:].add_(depthwise_conv2d(odd_5, first_inputs[m + 1 :], None, padding))
         low[:, m:].add_(high[:, :1])
         return low.relu_(), high.relu_()
 

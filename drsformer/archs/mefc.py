@@ -10,8 +10,10 @@ state-dict keys, e.g. ``encoder_level0.layers.1._ops.0._ops.3.op.4.weight``, so 
 they are.
 
 The fast path is exact algebra on the same parameters: each expert's last 1x1 conv, its routing weight and its
-block of the fusing 1x1 conv are linear maps in a row, so the 1x1 convs are composed into one C x C block per
-expert (computed once per forward from the weights) and the seven per-expert 1x1 convs disappear.
+block of the fusing 1x1 conv are linear maps in a row, so they are composed into one C x C block per expert and
+image (computed once per forward from the weights): the seven per-expert 1x1 convs and the scaling of the
+experts' outputs disappear. On CPU, the experts' depth-wise convolutions get :func:`depthwise_conv2d`'s faster
+weight gradient.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .channel_mixing import mix_channels
+from .depthwise import depthwise_conv2d
 
 # Kernel sizes of the separable and the dilated (dilation 2) experts, in the published order; the 8th is avg-pool.
 SEPARABLE_KERNELS = (1, 3, 5, 7)
@@ -36,6 +41,13 @@ def _as_conv(module: nn.Module) -> nn.Conv2d:
     """``module``, a convolution of a Sequential (whose items are typed as plain modules)."""
     assert isinstance(module, nn.Conv2d)
     return module
+
+
+def _apply_depthwise(conv: nn.Module, x: Tensor) -> Tensor:
+    """A depth-wise convolution of this module, through :func:`depthwise_conv2d` (its faster weight gradient)."""
+    conv = _as_conv(conv)
+    assert isinstance(conv.padding, tuple)  # built with integer padding, not "same"
+    return depthwise_conv2d(x, conv.weight, conv.bias, conv.padding, conv.dilation)
 
 
 def _depthwise(channels: int, kernel: int, dilation: int = 1) -> nn.Conv2d:
@@ -63,6 +75,10 @@ class SeparableExpert(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.op(x)
 
+    def features(self, x: Tensor) -> Tensor:
+        """Everything up to the last 1x1 conv."""
+        return _apply_depthwise(self.op[3], self.op[2](self.op[1](_apply_depthwise(self.op[0], x))))
+
     def receptive_radius(self) -> int:
         return conv_radius(_as_conv(self.op[0])) + conv_radius(_as_conv(self.op[3]))
 
@@ -76,6 +92,10 @@ class DilatedExpert(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.op(x)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Everything up to the last 1x1 conv."""
+        return _apply_depthwise(self.op[0], x)
 
     def receptive_radius(self) -> int:
         return conv_radius(_as_conv(self.op[0]))
@@ -141,13 +161,23 @@ class ExpertStep(nn.Module):
         ops = self._ops
         convolving = [_as_convolving(op) for op in ops[:-1]]
         # Every expert up to (not including) its last 1x1 conv; the avg-pool expert has none.
-        features = [op.op[:-1](x) for op in convolving] + [ops[-1](x)]
+        features = [op.features(x) for op in convolving] + [ops[-1](x)]
         # Each expert's last 1x1 conv composed with its block of the fusing conv: fuse_i @ last_i (C x C).
         fuse = _as_conv(self._out[0]).weight.view(c, NUM_EXPERTS, c)
         blocks = [fuse[:, i] @ _as_conv(op.op[-1]).weight.view(c, c) for i, op in enumerate(convolving)]
-        composed = torch.stack(blocks + [fuse[:, -1]], dim=1).view(c, NUM_EXPERTS * c, 1, 1)
-        scale = weights.repeat_interleave(c, dim=1)[:, :, None, None]
-        return F.conv2d(torch.cat(features, dim=1).mul_(scale), composed).relu_()
+        composed = torch.stack(blocks + [fuse[:, -1]], dim=1)  # (C, experts, C)
+        # The routing weights scale the columns of each expert's block: per image, folded into the weights.
+        per_image = (composed[None] * weights[:, None, :, None].to(composed.dtype)).flatten(2)
+        stacked = torch.cat(features, dim=1)
+        if stacked.stride(1) != 1:  # NCHW (exported graphs, CUDA): one product for every image
+            return mix_channels(per_image, stacked).relu_()
+        # NHWC, eager CPU: oneDNN's 1x1 convolution, image by image, ran faster than the batched product
+        if len(per_image) == 1:  # (slicing the one image would cost a zero-filled gradient of its size)
+            return F.conv2d(stacked, per_image[0, ..., None, None]).relu_()
+        images = stacked.split(1)
+        return torch.cat(
+            [F.conv2d(image, m[..., None, None]) for image, m in zip(images, per_image, strict=True)]
+        ).relu_()
 
     def receptive_radius(self) -> int:
         return max(_as_expert(op).receptive_radius() for op in self._ops)

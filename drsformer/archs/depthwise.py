@@ -1,0 +1,84 @@
+"""Depth-wise convolutions whose weight gradient is computed as a forward convolution on CPU.
+
+oneDNN's backward-weights kernel for depth-wise convolutions is fast for 3x3 kernels only: for 5x5, 7x7 and
+dilated kernels it ran 1.4-3.8x slower than the same sums written as a forward convolution (docs/benchmarks.md).
+That sum is ``grad_w[c, i, j] = sum_{h, w} x_padded[c, h + d i, w + d j] * grad_out[c, h, w]``: a depth-wise
+convolution of the padded input with the output gradient as its kernel, at stride ``d``, per image. The input's
+gradient and the bias's stay with PyTorch's kernel, which is fast for every size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def depthwise_weight_gradient(grad_out: Tensor, x: Tensor, kernel: tuple[int, int], padding: tuple[int, int],
+                              dilation: tuple[int, int]) -> Tensor:  # fmt: skip
+    """The gradient of a stride-1 depth-wise convolution's weight, (C, 1, kh, kw), from its input and output
+    gradient, both (N, C, H, W)."""
+    channels = x.shape[1]
+    total: Tensor | None = None
+    for image in range(x.shape[0]):
+        kernel_of_image = grad_out[image].unsqueeze(1)  # (C, 1, H_out, W_out)
+        part = F.conv2d(x[image : image + 1], kernel_of_image, padding=padding, stride=dilation, groups=channels)
+        total = part if total is None else total.add_(part)
+    assert total is not None
+    return total.view(channels, 1, kernel[0], kernel[1])
+
+
+class _DepthwiseConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int],
+                dilation: tuple[int, int]) -> Tensor:  # fmt: skip
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation, ctx.has_bias = padding, dilation, bias is not None
+        return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_input = grad_weight = grad_bias = None
+        if need_input or need_bias:
+            grad_input, _, grad_bias = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], list(ctx.padding),
+                list(ctx.dilation), False, [0, 0], x.shape[1], [need_input, False, need_bias and ctx.has_bias],
+            )  # fmt: skip
+        if need_weight:
+            kernel = (weight.shape[2], weight.shape[3])
+            grad_weight = depthwise_weight_gradient(grad_out, x, kernel, ctx.padding, ctx.dilation)
+        return grad_input, grad_weight, grad_bias, None, None
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (value[0], value[1])
+
+
+def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int | tuple[int, ...] = 0,
+                     dilation: int | tuple[int, ...] = 1) -> Tensor:  # fmt: skip
+    """``F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=C)`` (stride 1), with the weight
+    gradient above when it pays: on CPU, in float32 or float64 without autocast, for kernels above 3x3 or dilated
+    ones, when a gradient is needed."""
+    padding, dilation = _pair(padding), _pair(dilation)
+    kernel = (weight.shape[2], weight.shape[3])
+    if (
+        torch.is_grad_enabled()
+        and (weight.requires_grad or x.requires_grad)
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and (max(kernel) > 3 or max(dilation) > 1)
+        and not _autocast_enabled("cpu")
+    ):
+        return _DepthwiseConv2d.apply(x, weight, bias, padding, dilation)
+    return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])

@@ -1,0 +1,96 @@
+"""The depth-wise convolution with its weight gradient as a forward convolution, and MEFC's routed fusing
+convolution folded into per-image weights: both equal the plain formulation in values and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from drsformer.archs.depthwise import depthwise_conv2d
+from drsformer.archs.mefc import ExpertStep
+
+
+def _values_and_gradients(fn, inputs, seed_grad):
+    out = fn(*inputs)
+    return out, torch.autograd.grad(out, [t for t in inputs if t is not None], seed_grad)
+
+
+@pytest.mark.parametrize("kernel, dilation", [(5, 1), (7, 1), (3, 2), (5, 2), (7, 2)])
+@pytest.mark.parametrize("batch, channels_last, bias", [(1, False, True), (2, True, False), (3, True, True)])
+def test_depthwise_gradients_equal_pytorchs(kernel, dilation, batch, channels_last, bias) -> None:
+    torch.manual_seed(0)
+    channels, height, width = 5, 9, 13
+    x = torch.randn(batch, channels, height, width, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(channels, 1, kernel, kernel, dtype=torch.float64)
+    b = torch.randn(channels, dtype=torch.float64) if bias else None
+    inputs = [t.requires_grad_() if t is not None else None for t in (x, weight, b)]
+    padding = dilation * (kernel - 1) // 2
+    seed_grad = torch.randn(batch, channels, height, width, dtype=torch.float64)
+
+    ours, our_grads = _values_and_gradients(lambda *a: depthwise_conv2d(*a, padding, dilation), inputs, seed_grad)
+    assert type(ours.grad_fn).__name__ == "_DepthwiseConv2dBackward"
+    plain = lambda x, w, b: F.conv2d(x, w, b, padding=padding, dilation=dilation, groups=channels)  # noqa: E731
+    theirs, their_grads = _values_and_gradients(plain, inputs, seed_grad)
+    assert torch.equal(ours, theirs)
+    for mine, reference in zip(our_grads, their_grads, strict=True):
+        assert (mine - reference).abs().max() < 1e-12
+
+
+def test_depthwise_gradient_in_float32_is_rounding_close() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 40, 40).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(16, 1, 5, 5)
+    seed_grad = torch.randn(2, 16, 40, 40)
+    leaves = [x.requires_grad_(), weight.requires_grad_()]
+    ours = torch.autograd.grad(depthwise_conv2d(*leaves, None, 2), leaves, seed_grad)
+    exact_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    exact_out = F.conv2d(*exact_leaves, padding=2, groups=16)
+    exact = torch.autograd.grad(exact_out, exact_leaves, seed_grad.double())
+    for mine, reference in zip(ours, exact, strict=True):
+        assert (mine.double() - reference).abs().max() <= 1e-5 * reference.abs().max()
+
+
+@pytest.mark.parametrize("case", ["3x3", "no grad", "autocast"])
+def test_depthwise_falls_back_where_pytorchs_kernel_is_as_fast(case) -> None:
+    """3x3 undilated kernels, inference and autocast run PyTorch's own convolution."""
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    weight = torch.randn(4, 1, 3 if case == "3x3" else 5, 3 if case == "3x3" else 5, requires_grad=True)
+    padding = weight.shape[-1] // 2
+    if case == "no grad":
+        with torch.no_grad():
+            assert depthwise_conv2d(x, weight, None, padding).grad_fn is None
+        return
+    if case == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = depthwise_conv2d(x, weight, None, padding)
+        assert out.dtype == torch.bfloat16
+    else:
+        out = depthwise_conv2d(x, weight, None, padding)
+    assert type(out.grad_fn).__name__ == "ConvolutionBackward0"
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_routed_fusion_folded_into_weights_equals_the_reference(batch, channels_last) -> None:
+    """MEFC's step with the routing weights folded into its fusing convolution (per image: a convolution per image
+    in NHWC, one batched product in NCHW) against the paper's scaling of each expert's output: values, and the
+    gradients of the input, the routing weights and every parameter."""
+    torch.manual_seed(0)
+    step = ExpertStep(6).double()
+    x = torch.randn(batch, 6, 11, 9, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    routing = torch.randn(batch, 8, dtype=torch.float64).softmax(-1)
+    seed_grad = torch.randn(batch, 6, 11, 9, dtype=torch.float64)
+    results = []
+    for forward in (step.forward_reference, step.forward_fast):
+        step.zero_grad()
+        leaves = [x.detach().clone().requires_grad_(), routing.detach().clone().requires_grad_()]
+        out = forward(*leaves)
+        out.backward(seed_grad)
+        results.append((out.detach(), [t.grad for t in leaves], [p.grad.clone() for p in step.parameters()]))
+    (ref_out, ref_leaves, ref_params), (fast_out, fast_leaves, fast_params) = results
+    assert (fast_out - ref_out).abs().max() < 1e-12
+    for mine, reference in zip(fast_leaves + fast_params, ref_leaves + ref_params, strict=True):
+        assert (mine - reference).abs().max() < 1e-12
