@@ -51,23 +51,40 @@ def test_depthwise_gradient_in_float32_is_rounding_close() -> None:
         assert (mine.double() - reference).abs().max() <= 1e-5 * reference.abs().max()
 
 
-@pytest.mark.parametrize("case", ["3x3", "no grad", "autocast"])
-def test_depthwise_falls_back_where_pytorchs_kernel_is_as_fast(case) -> None:
-    """3x3 undilated kernels, inference and autocast run PyTorch's own convolution."""
+@pytest.mark.parametrize("case", ["3x3", "no grad", "fp16 autocast"])
+def test_depthwise_falls_back_where_pytorchs_kernel_serves(case) -> None:
+    """3x3 undilated kernels, inference and fp16 autocast run PyTorch's own convolution."""
     x = torch.randn(1, 4, 8, 8, requires_grad=True)
-    weight = torch.randn(4, 1, 3 if case == "3x3" else 5, 3 if case == "3x3" else 5, requires_grad=True)
-    padding = weight.shape[-1] // 2
+    size = 3 if case == "3x3" else 5
+    weight = torch.randn(4, 1, size, size, requires_grad=True)
     if case == "no grad":
         with torch.no_grad():
-            assert depthwise_conv2d(x, weight, None, padding).grad_fn is None
+            assert depthwise_conv2d(x, weight, None, size // 2).grad_fn is None
         return
-    if case == "autocast":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = depthwise_conv2d(x, weight, None, padding)
-        assert out.dtype == torch.bfloat16
-    else:
-        out = depthwise_conv2d(x, weight, None, padding)
+    with torch.autocast("cpu", dtype=torch.float16, enabled=case == "fp16 autocast"):
+        out = depthwise_conv2d(x, weight, None, size // 2)
     assert type(out.grad_fn).__name__ == "ConvolutionBackward0"
+
+
+@pytest.mark.parametrize("kernel, dilation", [(5, 1), (3, 2), (5, 2)])
+def test_depthwise_gradients_under_bf16_autocast(kernel, dilation) -> None:
+    """Cast as autocast casts, and right where PyTorch 2.14.1's bf16 channels-last dilated weight gradient is not."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(16, 1, kernel, kernel, requires_grad=True)
+    bias = torch.randn(16, requires_grad=True)
+    padding = dilation * (kernel - 1) // 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = depthwise_conv2d(x, weight, bias, padding, dilation)
+    assert out.dtype == torch.bfloat16 and type(out.grad_fn).__name__ == "_DepthwiseConv2dBackward"
+    seed_grad = torch.randn(out.shape)
+    out.float().backward(seed_grad)
+    exact_leaves = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    exact_out = F.conv2d(*exact_leaves, padding=padding, dilation=dilation, groups=16)
+    exact_out.backward(seed_grad.double())
+    for mine, exact in zip((x, weight, bias), exact_leaves, strict=True):
+        assert mine.grad.dtype == torch.float32
+        assert (mine.grad.double() - exact.grad).abs().max() < 0.02 * exact.grad.abs().max()
 
 
 @pytest.mark.parametrize("batch", [1, 3])
