@@ -1,7 +1,8 @@
 """Depth-wise convolutions whose weight gradient is computed as a forward convolution on CPU.
 
 oneDNN's backward-weights kernel for depth-wise convolutions is fast for 3x3 kernels only: for 5x5, 7x7 and
-dilated kernels it ran 1.4-3.8x slower than the same sums written as a forward convolution (docs/benchmarks.md).
+dilated kernels it ran 1.4-3.4x slower in float32 (2.9-7.6x in bfloat16) than the same sums written as a forward
+convolution (``scripts/bench_depthwise_grad.py``, docs/benchmarks.md).
 That sum is ``grad_w[c, i, j] = sum_{h, w} x_padded[c, h + d i, w + d j] * grad_out[c, h, w]``: a depth-wise
 convolution of the padded input with the output gradient as its kernel, at stride ``d``, per image. The input's
 gradient and the bias's stay with PyTorch's kernel, which is fast for every size.
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# The dtypes the weight gradient is computed in here; float16 stays with PyTorch (no gain measured, no fault seen).
+# The dtypes the weight gradient is computed in here; float16 stays with PyTorch (not timed; its gradients were right).
 COMPUTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
