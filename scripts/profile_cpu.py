@@ -26,13 +26,15 @@ from drsformer.archs.variants import VARIANTS
 from drsformer.memory import prepare_host_memory
 
 CONVOLUTIONS = ("aten::mkldnn_convolution", "aten::convolution_backward")
+# An output gradient used as the kernel (drsformer.archs.depthwise): its k x k output is not in the shapes.
+WEIGHT_GRADIENTS = "depth-wise weight gradients as forward convolutions"
 
 
 def conv_kind(weight_shape: list[int]) -> str:
     """The kind of a convolution from its weight's shape (out, in per group, kh, kw)."""
     _, per_group, kh, kw = weight_shape
-    if per_group == 1 and kh > 7:  # an output gradient used as the kernel (drsformer.archs.depthwise)
-        return "depth-wise weight gradients as forward convolutions"
+    if per_group == 1 and kh > 7:
+        return WEIGHT_GRADIENTS
     if (kh, kw) == (1, 1):
         return "1x1 convolutions" if per_group > 1 else "depth-wise 1x1 convolutions"
     if per_group == 1:
@@ -56,9 +58,11 @@ def conv_table(events, repeat: int) -> dict[str, list[float]]:
             continue
         kind = conv_kind(weight) + (", backward" if backward else "")
         calls = event.count / repeat
-        flops = 2 * weight[0] * weight[1] * weight[2] * weight[3] * image[0] * image[2] * image[3]
-        if kind.startswith("depth-wise weight gradients"):  # the output's k x k taps are not in the shapes
-            flops = 0
+        flops = (
+            0
+            if kind == WEIGHT_GRADIENTS
+            else 2 * weight[0] * weight[1] * weight[2] * weight[3] * image[0] * image[2] * image[3]
+        )
         entry = kinds[kind]
         entry[0] += event.self_cpu_time_total / 1e6 / repeat
         entry[1] += flops * calls * (2 if backward else 1) / 1e9

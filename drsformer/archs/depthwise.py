@@ -72,6 +72,18 @@ class _DepthwiseConv2d(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None, None
 
 
+def _weight_gradient_dtype(x: Tensor, weight: Tensor, dilation: tuple[int, int]) -> torch.dtype | None:
+    """The dtype the convolution runs in when its weight gradient is computed here, or None when PyTorch's serves:
+    no gradient needed, not on CPU, a 3x3 undilated kernel, or a dtype outside :data:`COMPUTED_DTYPES`."""
+    if not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad) and x.device.type == "cpu"):
+        return None
+    if max(weight.shape[2:]) <= 3 and max(dilation) == 1:
+        return None
+    autocast_dtype = _cpu_autocast_dtype()  # autocast leaves float64 alone
+    dtype = autocast_dtype if autocast_dtype is not None and x.dtype != torch.float64 else x.dtype
+    return dtype if dtype in COMPUTED_DTYPES else None
+
+
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (value[0], value[1])
 
@@ -82,17 +94,8 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, padd
     gradient above when a gradient is needed, on CPU, for kernels above 3x3 or dilated ones, in float32, float64
     or bfloat16 (bf16 autocast included: the inputs are cast as autocast would)."""
     padding, dilation = _pair(padding), _pair(dilation)
-    kernel = (weight.shape[2], weight.shape[3])
-    if not (
-        torch.is_grad_enabled()
-        and (weight.requires_grad or x.requires_grad)
-        and x.device.type == "cpu"
-        and (max(kernel) > 3 or max(dilation) > 1)
-    ):
-        return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
-    autocast_dtype = _cpu_autocast_dtype()
-    dtype = autocast_dtype if autocast_dtype is not None and x.dtype != torch.float64 else x.dtype
-    if dtype not in COMPUTED_DTYPES:
+    dtype = _weight_gradient_dtype(x, weight, dilation)
+    if dtype is None:
         return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
     with torch.autocast("cpu", enabled=False):
         cast_bias = None if bias is None else bias.to(dtype)
