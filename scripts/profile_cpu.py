@@ -1,16 +1,26 @@
-"""Where a CPU forward (or training step) spends its time: every convolution by kind, and the other operators
-``torch.profiler`` sees, at several sizes. Prints one table per size, so that speed work starts from figures.
+"""Where a CPU forward (or training step) spends its time: every convolution by kind, every part of the network,
+and the other operators, at several sizes. Prints tables, so that speed work starts from figures.
 
     python scripts/profile_cpu.py                          # the default model, 128 and 256, the fast path
     python scripts/profile_cpu.py --sizes 128,256,512 --impl reference
     python scripts/profile_cpu.py --mode train --sizes 128
 
-The whole iteration is timed without the profiler. Then ``torch.profiler`` (with shapes) records the same
-iterations, and every convolution is grouped by kind from its weight's shape: 1x1, depth-wise (one input channel
-per group), pair-grouped (MSFN's ``dwconv3x3_1``/``dwconv5x5_1`` in the reference formulation: two input
-channels per group) and dense (every other kernel), with their backward in training. GFLOP counts a multiply and
-an add per weight per output pixel (twice that for a backward). Then the other operators that take the most self
-CPU time.
+The whole iteration is first timed with nothing attached. Then:
+
+- **Convolutions** (inference): each ``F.conv2d`` call is timed with a clock around it and grouped by kind from
+  its weight's shape: 1x1, depth-wise (one input channel per group), pair-grouped (MSFN's ``dwconv3x3_1``/
+  ``dwconv5x5_1`` in the reference formulation: two input channels per group) and dense (every other kernel).
+  ``torch.profiler``'s self times are not used for them: they came out 1.2-1.8x the clock's for the same calls
+  (depth-wise 3x3 at 19 GFLOP/s against 34), and summed to more than the whole iteration.
+- **Parts of the network**: each attention, feed-forward network, pair of layer norms, MEFC, up- and
+  down-sampling, per stage, timed by forward hooks (in training, their forward passes only), with the
+  convolutions' share of each. What no part covers (skip concatenations, residual adds, the channel
+  reductions after the skips) is the last row.
+- **Other operators**: ``torch.profiler``'s self CPU time for the operators that are not convolutions. Read it as a
+  ranking: the profiler inflates short operators.
+- In training, the convolutions' backward too, from ``torch.profiler`` (the clock cannot see inside autograd).
+
+GFLOP counts a multiply and an add per weight per output pixel (twice that for a backward).
 """
 
 from __future__ import annotations
@@ -20,8 +30,10 @@ import time
 from collections import defaultdict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from drsformer.archs.blocks import TransformerBlock
 from drsformer.archs.variants import VARIANTS
 from drsformer.memory import prepare_host_memory
 
@@ -70,6 +82,88 @@ def conv_table(events, repeat: int) -> dict[str, list[float]]:
     return kinds
 
 
+def conv_flops(weight_shape: torch.Size | list[int], out_shape: torch.Size | list[int]) -> float:
+    """Multiplies and adds of a convolution, from its weight (out, in per group, kh, kw) and output shapes."""
+    o, per_group, kh, kw = weight_shape
+    n, _, h, w = out_shape
+    return 2.0 * o * per_group * kh * kw * n * h * w
+
+
+def block_parts(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(label, module) for each part the per-module table times, in the network's order: per stage, the
+    attention, the feed-forward network and the layer norms of its Transformer blocks; MEFC, the embedding, the
+    up- and down-sampling and the output convolution as themselves."""
+    parts = []
+    for step in getattr(model, "plan", ()):
+        module = model.get_submodule(step.module)
+        if step.kind != "block":
+            parts.append((f"{step.module} ({type(module).__name__})", module))
+            continue
+        assert isinstance(module, TransformerBlock)
+        stage = step.module.rsplit(".", 1)[0]
+        parts.append((f"{stage}: attention ({type(module.attn).__name__})", module.attn))
+        parts.append((f"{stage}: feed-forward ({type(module.ffn).__name__})", module.ffn))
+        parts += [(f"{stage}: layer norms", module.norm1), (f"{stage}: layer norms", module.norm2)]
+    return parts
+
+
+class ClockedParts:
+    """Times every convolution (``F.conv2d``, which ``nn.Conv2d`` calls too) with a clock, by kind, and the
+    forward pass of each part of the network with hooks, crediting each convolution to the part it runs in."""
+
+    def __init__(self, model: nn.Module, clock_convolutions: bool) -> None:
+        self.model = model
+        self.clock_convolutions = clock_convolutions
+        self.kinds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # seconds, GFLOP, calls
+        self.parts: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # seconds, conv seconds, calls
+        self.resolution: dict[str, int] = {}
+        self._open: list[tuple[str, float]] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._conv2d = F.conv2d
+
+    def _timed_conv2d(self, x: torch.Tensor, weight: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        begun = time.perf_counter()
+        out = self._conv2d(x, weight, *args, **kwargs)
+        seconds = time.perf_counter() - begun
+        entry = self.kinds[conv_kind(list(weight.shape))]
+        entry[0] += seconds
+        entry[1] += conv_flops(weight.shape, out.shape) / 1e9
+        entry[2] += 1
+        if self._open:
+            self.parts[self._open[-1][0]][1] += seconds
+        return out
+
+    def __enter__(self) -> ClockedParts:
+        for label, module in block_parts(self.model):
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(label)))
+            self._handles.append(module.register_forward_hook(self._post_hook(label)))
+        if self.clock_convolutions:
+            F.conv2d = self._timed_conv2d  # type: ignore[assignment]  # same call signature
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        F.conv2d = self._conv2d
+        for handle in self._handles:
+            handle.remove()
+
+    def _pre_hook(self, label: str):
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            self.resolution.setdefault(label, inputs[0].shape[-1])
+            self._open.append((label, time.perf_counter()))
+
+        return hook
+
+    def _post_hook(self, label: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            opened, begun = self._open.pop()
+            assert opened == label  # the parts do not nest
+            entry = self.parts[label]
+            entry[0] += time.perf_counter() - begun
+            entry[2] += 1
+
+        return hook
+
+
 def run_once(model: nn.Module, image: torch.Tensor, mode: str) -> None:
     if mode == "infer":
         with torch.inference_mode():
@@ -79,6 +173,32 @@ def run_once(model: nn.Module, image: torch.Tensor, mode: str) -> None:
         (model(image) - image).abs().mean().backward()
 
 
+def print_convolutions(kinds: dict[str, list[float]], whole: float, title: str) -> None:
+    print(f"\n{title}\n")
+    print("| convolution | time | share | GFLOP | rate |")
+    print("|---|---:|---:|---:|---:|")
+    for kind, (seconds, gflop, calls) in sorted(kinds.items(), key=lambda item: -item[1][0]):
+        work = f"{gflop:.1f} | {gflop / seconds:.0f} GFLOP/s" if gflop else " | "  # kernel sizes unknown: blank
+        print(f"| {kind} ({calls:.0f} calls) | {seconds:.3f} s | {seconds / whole:.0%} | {work} |")
+
+
+def print_parts(clocked: ClockedParts, repeat: int, whole: float, mode: str) -> None:
+    what = "forward passes only, by forward hooks" if mode == "train" else "forward hooks; convolutions clocked"
+    print(f"\nBy part of the network ({what}):\n")
+    print("| part | resolution | calls | time | share | of which convolutions |")
+    print("|---|---:|---:|---:|---:|---:|")
+    covered = 0.0
+    for label, (seconds, conv_seconds, calls) in sorted(clocked.parts.items(), key=lambda item: -item[1][0]):
+        seconds, conv_seconds = seconds / repeat, conv_seconds / repeat
+        covered += seconds
+        side = clocked.resolution[label]
+        convs = f"{conv_seconds:.3f} s" if clocked.clock_convolutions else ""
+        print(f"| {label} | {side}² | {calls / repeat:.0f} | {seconds:.3f} s | {seconds / whole:.0%} | {convs} |")
+    if mode == "infer":
+        rest = whole - covered
+        print(f"| between the parts (skips, residual adds, reductions) | | | {rest:.3f} s | {rest / whole:.0%} | |")
+
+
 def profile(model: nn.Module, size: int, mode: str, repeat: int, top: int) -> None:
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     run_once(model, image, mode)  # warm-up: allocator and oneDNN primitives
@@ -86,21 +206,34 @@ def profile(model: nn.Module, size: int, mode: str, repeat: int, top: int) -> No
     for _ in range(repeat):
         run_once(model, image, mode)
     whole = (time.perf_counter() - begun) / repeat
+    impl = model.layout_impl
+    print(f"\n### 1x3x{size}x{size}, {mode}, {impl} path: {whole:.2f} s per iteration (mean of {repeat})")
+
+    with ClockedParts(model, clock_convolutions=mode == "infer") as clocked:
+        begun = time.perf_counter()
+        for _ in range(repeat):
+            run_once(model, image, mode)
+        clocked_whole = (time.perf_counter() - begun) / repeat
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(repeat):
             run_once(model, image, mode)
-    impl = model.layout_impl
-    print(f"\n### 1x3x{size}x{size}, {mode}, {impl} path: {whole:.2f} s per iteration (mean of {repeat})\n")
-    print("| what | time | share | GFLOP | rate |")
-    print("|---|---:|---:|---:|---:|")
-    kinds = conv_table(prof.key_averages(group_by_input_shape=True), repeat)
-    for kind, (seconds, gflop, calls) in sorted(kinds.items(), key=lambda item: -item[1][0]):
-        work = f"{gflop:.1f} | {gflop / seconds:.0f} GFLOP/s" if gflop else " | "  # kernel sizes unknown: blank
-        print(f"| {kind} ({calls:.0f} calls) | {seconds:.3f} s | {seconds / whole:.0%} | {work} |")
+
+    if mode == "infer":
+        kinds = {kind: [s / repeat, g / repeat, c / repeat] for kind, (s, g, c) in clocked.kinds.items()}
+        title = f"Convolutions, each call clocked ({clocked_whole:.2f} s per iteration with the clocks on):"
+    else:
+        kinds = conv_table(prof.key_averages(group_by_input_shape=True), repeat)
+        title = "Convolutions and their backward (torch.profiler's self times, which run high):"
+    print_convolutions(kinds, whole, title)
+    print_parts(clocked, repeat, whole, mode)
+
+    print("\nOther operators (torch.profiler's self CPU time: a ranking, it inflates short operators):\n")
+    print("| operator | calls | time |")
+    print("|---|---:|---:|")
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     for event in [e for e in events if e.key not in CONVOLUTIONS][:top]:
         seconds = event.self_cpu_time_total / 1e6 / repeat
-        print(f"| `{event.key}` ({event.count // repeat} calls) | {seconds:.3f} s | {seconds / whole:.0%} | | |")
+        print(f"| `{event.key}` | {event.count // repeat} | {seconds:.3f} s |")
 
 
 def main(argv: list[str] | None = None) -> int:

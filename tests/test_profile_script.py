@@ -1,0 +1,60 @@
+"""scripts/profile_cpu.py: its clocked convolution table counts every convolution of a forward pass, and its
+per-part table covers every part of the network once per call."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from drsformer.archs.drsformer import DRSformer
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def profile_cpu():
+    spec = importlib.util.spec_from_file_location("profile_cpu", ROOT / "scripts" / "profile_cpu.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["profile_cpu"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("mefc", [True, False])
+def test_every_convolution_is_clocked_with_its_flops(profile_cpu, mefc) -> None:
+    torch.manual_seed(0)
+    model = DRSformer(**TINY, mefc=mefc).eval()
+    image = torch.rand(1, 3, 16, 24)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(image)
+    expected = counter.get_flop_counts()["Global"][torch.ops.aten.convolution]
+    original = F.conv2d
+    with profile_cpu.ClockedParts(model, clock_convolutions=True) as clocked, torch.inference_mode():
+        model(image)
+    assert F.conv2d is original  # put back on exit
+    gflop = sum(entry[1] for entry in clocked.kinds.values())
+    assert gflop * 1e9 == pytest.approx(expected, rel=1e-9)
+    assert sum(entry[2] for entry in clocked.kinds.values()) > 0
+    assert "depth-wise 5x5 convolutions" in clocked.kinds and "1x1 convolutions" in clocked.kinds
+
+
+def test_the_parts_cover_the_network_once_per_call(profile_cpu) -> None:
+    model = DRSformer(**TINY).eval()
+    with profile_cpu.ClockedParts(model, clock_convolutions=True) as clocked, torch.inference_mode():
+        model(torch.rand(1, 3, 16, 16))
+    parts = clocked.parts
+    assert parts["latent: feed-forward (MixedScaleFeedForward)"][2] == TINY["num_blocks"][3]
+    assert parts["decoder_level1: layer norms"][2] == 2 * TINY["num_blocks"][0]
+    assert parts["refinement (MEFC)"][2] == parts["encoder_level0 (MEFC)"][2] == 1
+    assert clocked.resolution["latent: attention (TopKSparseAttention)"] == 2
+    conv_seconds = sum(entry[1] for entry in parts.values())
+    assert 0 < conv_seconds <= sum(entry[0] for entry in clocked.kinds.values()) + 1e-9
+    for seconds, convolutions, _ in parts.values():
+        assert convolutions <= seconds
+    assert not model._forward_hooks and all(not m._forward_pre_hooks for m in model.modules())  # hooks removed
