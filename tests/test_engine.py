@@ -214,9 +214,33 @@ def test_layer_norm_of_large_activations_is_finite_under_autocast(precision: str
     with autocast("cpu", precision), recorded_dtypes(("var_mean", "native_layer_norm")) as seen:
         out = norm(low)
     assert out.dtype == low.dtype and torch.isfinite(out).all()
-    assert seen and all(d == torch.float32 for _, d in seen), seen
+    # bf16 NHWC goes to PyTorch's kernel in bf16, which computes in float32; every other case converts first.
+    low_precision_kernel = precision == "bf16" and channels_last
+    assert seen and all(d == (low.dtype if low_precision_kernel else torch.float32) for _, d in seen), seen
     expected = norm(low.float())
     assert (out.float() - expected).abs().max() < 0.05 * expected.abs().max()
+    # Float32 arithmetic on the rounded input: the float32 result rounded, within one rounding step.
+    assert ((out.float() - expected).abs() <= expected.abs() * 2**-8 + 1e-6).all()
+
+
+def test_bf16_layer_norm_on_nhwc_equals_the_float32_norm_rounded_with_its_gradients() -> None:
+    torch.manual_seed(0)
+    norm = LayerNorm(24, "WithBias")
+    with torch.no_grad():
+        norm.body.weight.uniform_(0.5, 1.5)
+        norm.body.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(2, 24, 10, 12) * 3 + 1).bfloat16().contiguous(memory_format=torch.channels_last)
+    x32 = x.float().requires_grad_()
+    x16 = x.clone().requires_grad_()
+    out = norm(x16)
+    expected = norm.body.forward_reference(x32)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    assert ((out.float() - expected).abs() <= expected.abs() * 2**-8 + 1e-6).all()
+    grad = torch.randn_like(expected)
+    (weight16, bias16, input16) = torch.autograd.grad(out, (norm.body.weight, norm.body.bias, x16), grad.bfloat16())
+    (weight32, bias32, input32) = torch.autograd.grad(expected, (norm.body.weight, norm.body.bias, x32), grad)
+    for low, high in ((weight16, weight32), (bias16, bias32), (input16, input32)):
+        assert (low.float() - high).abs().max() <= 0.02 * high.abs().max()
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
