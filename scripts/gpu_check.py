@@ -38,7 +38,7 @@ class Check:
             result = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
             output, ok = result.stdout + result.stderr, result.returncode == 0
         except subprocess.TimeoutExpired as err:
-            output, ok = f"{err.stdout or ''}{err.stderr or ''}\ntimed out after {timeout} s", False
+            output, ok = f"{_text(err.stdout)}{_text(err.stderr)}\ntimed out after {timeout} s", False
         return self._done(name, " ".join(command), output, ok, start)
 
     def call(self, name: str, what: str, fn: Callable[[], object]) -> tuple[bool, str]:
@@ -102,6 +102,11 @@ def environment(check: Check) -> list[str]:
     return lines
 
 
+def _text(output: str | bytes | None) -> str:
+    """A timed-out subprocess's partial output (bytes even in text mode, or None), as text."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
 def bench(check: Check, mode: str, label: str, options: dict[str, object]) -> None:
     """:func:`drsformer.timing.run_paths` (what ``drsformer bench`` runs) with ``options`` (``compare``, and any
     :class:`~drsformer.timing.BenchSettings` field); its JSON beside the report."""
@@ -110,6 +115,7 @@ def bench(check: Check, mode: str, label: str, options: dict[str, object]) -> No
 
     options = dict(options)
     paths = ["reference", "fast"] if options.pop("compare", False) else ["fast"]
+    shape: dict[str, int]
     if check.quick:
         shape = dict(height=32, width=32, batch=2, warmup=1, repeat=1)
     else:
@@ -134,8 +140,8 @@ def bench(check: Check, mode: str, label: str, options: dict[str, object]) -> No
         if report.get("max_output_difference") is not None:
             parts.append(f"max diff {report['max_output_difference']:.2g}")
         figures = "; ".join(parts)
-    batch = f" x{settings.batch}" if mode == "train" or check.quick else ""
-    check.add(f"bench {mode} {settings.height}²{batch}: {label}", ok, figures)
+    batch_label = f" x{settings.batch}" if mode == "train" or check.quick else ""
+    check.add(f"bench {mode} {settings.height}²{batch_label}: {label}", ok, figures)
 
 
 def torch_seed(seed: int) -> None:
@@ -333,9 +339,12 @@ def main() -> int:
               "--tile auto, deterministic resume, process group)", ok and "skipped" not in summary,
               summary.strip("= "))  # fmt: skip
 
-    compiled = {"precision": "bf16", "compile": True}
-    infer_runs = [("fp32", {"compare": True}), ("bf16", {"precision": "bf16", "compare": True})]
-    train_runs = [
+    compiled: dict[str, object] = {"precision": "bf16", "compile": True}
+    infer_runs: list[tuple[str, dict[str, object]]] = [
+        ("fp32", {"compare": True}),
+        ("bf16", {"precision": "bf16", "compare": True}),
+    ]
+    train_runs: list[tuple[str, dict[str, object]]] = [
         ("fp32", {"compare": True}),
         ("bf16", {"precision": "bf16", "compare": True}),
         ("channels-last", {"channels_last": True, "compare": True}),
