@@ -45,6 +45,7 @@ VALIDATED_KEY = "validated"  # in our training runs' weight files: the weights t
 ARCHITECTURE_KEY = "architecture"  # in our weight files: the network's constructor arguments
 ARCHITECTURE_ENTRY = "drsformer.architecture"  # the same in a safetensors file's metadata, as JSON
 SUFFIX = ".safetensors"
+WEIGHT_SUFFIXES = (".pth", SUFFIX)  # a folder's weight files: a run's models/ holds either, by logger.weights_format
 PARAMS_KEY_ENTRY = "drsformer.params_key"
 DIGEST_ENTRY = "drsformer.sha256"
 

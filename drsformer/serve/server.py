@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..archs import architecture_name
+from ..archs.weight_files import WEIGHT_SUFFIXES
 from ..devices import resolve_device
 from ..errors import ConfigError, MissingPathError
 from ..optional import require
@@ -17,7 +18,6 @@ from .app import Limits, create_app
 from .jobs import JobQueue, Model
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-WEIGHT_SUFFIXES = (".pth", ".safetensors")
 
 
 @dataclass
