@@ -179,15 +179,19 @@ class MixedScaleFeedForward(nn.Module):
         first_inputs, second_inputs = conv.weight[:, :1], conv.weight[:, 1:]
         bias = conv.bias
         if self.hidden % 2 == 0:
-            low = depthwise_conv2d(even_3, first_inputs[:m], None if bias is None else bias[:m], padding)
+            low_bias, high_bias = (None, None) if bias is None else bias.split(m)
+            low = depthwise_conv2d(even_3, first_inputs[:m], low_bias, padding)
             low.add_(depthwise_conv2d(odd_3, second_inputs[:m], None, padding))
-            high = depthwise_conv2d(even_5, first_inputs[m:], None if bias is None else bias[m:], padding)
+            high = depthwise_conv2d(even_5, first_inputs[m:], high_bias, padding)
             high.add_(depthwise_conv2d(odd_5, second_inputs[m:], None, padding))
             return low.relu_(), high.relu_()
         # hidden = 2m + 1: output m pairs the last 3x3 even with the first 5x5 even; 5x5 odds come first in a pair.
-        low = depthwise_conv2d(even_3, first_inputs[: m + 1], None if bias is None else bias[: m + 1], padding)
+        if bias is None:
+            low_bias = high_bias = None
+        else:  # high's channel 0 is a placeholder: output m's second input, without a bias of its own
+            low_bias, high_bias = bias[: m + 1], torch.cat([bias.new_zeros(1), bias[m + 1 :]])
+        low = depthwise_conv2d(even_3, first_inputs[: m + 1], low_bias, padding)
         low[:, :m].add_(depthwise_conv2d(odd_3, second_inputs[:m], None, padding))
-        high_bias = None if bias is None else torch.cat([bias.new_zeros(1), bias[m + 1 :]])
         high = depthwise_conv2d(even_5, second_inputs[m:], high_bias, padding)  # channel 0: output m's second input
         high[:, 1:].add_(depthwise_conv2d(odd_5, first_inputs[m + 1 :], None, padding))
         low[:, m:].add_(high[:, :1])
