@@ -56,6 +56,8 @@ def load_model(weights: str | None):
 def authors_model(arch_file: str, ours):
     """The authors' DRSformer class from ``arch_file``, built with our model's configuration and weights."""
     spec = importlib.util.spec_from_file_location("authors_drsformer_arch", arch_file)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{arch_file}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     accepted = inspect.signature(module.DRSformer).parameters

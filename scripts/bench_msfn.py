@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from drsformer.archs import DRSformer
 from drsformer.archs.blocks import MixedScaleFeedForward
 from drsformer.archs.variants import VARIANTS
 
@@ -66,12 +67,12 @@ def eager(model: torch.nn.Module, image: Tensor, name: str, train: bool) -> Call
     return run
 
 
-def onnx_sessions(model: torch.nn.Module, folder: Path) -> dict[str, torch.nn.Module]:
+def onnx_sessions(model: DRSformer, folder: Path) -> dict[str, Callable[[Tensor], Tensor]]:
     """ONNX Runtime sessions of the model exported with each formulation (any height and width)."""
     from drsformer.deploy import graph
     from drsformer.deploy.runtime import OnnxModel
 
-    sessions = {}
+    sessions: dict[str, Callable[[Tensor], Tensor]] = {}
     for name in FORMULATIONS:
         exported = graph.ExportedDRSformer(model)  # which keeps the grouped form; set each here
         use(exported, name)
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             sessions = onnx_sessions(model, Path(folder)) if mode == "onnx" else {}
             for size in args.sizes:
                 image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+                runs: dict[str, Callable[[], Tensor]]
                 if mode == "onnx":
                     runs = {name: partial(session, image) for name, session in sessions.items()}
                 else:

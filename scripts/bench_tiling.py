@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from drsformer import tiling
+from drsformer.archs import DRSformer
 from drsformer.commands.args import add_model, model_from_args, parse_size
 from drsformer.data.io import list_images, match_files, read_image, to_uint8
 from drsformer.inference import PRECISIONS, image_to_tensor, restore, tensor_to_image
@@ -51,7 +52,7 @@ def make_input(size: tuple[int, int], image: str | None) -> np.ndarray:
     return cv2.resize(photo, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
 
 
-def halo_ratio(model: torch.nn.Module, height: int, width: int, tile: int) -> float:
+def halo_ratio(model: DRSformer, height: int, width: int, tile: int) -> float:
     """Pixels the blocks and MEFC steps compute (halos included) per output pixel, weighted by each step's
     channels (a proxy for its cost)."""
     padded = (-(-height // 8) * 8, -(-width // 8) * 8)

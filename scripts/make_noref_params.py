@@ -70,6 +70,7 @@ def read_scaler(path: Path) -> np.ndarray:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Attribute) and t.attr == "_scaler" for t in node.targets
         ):
+            assert isinstance(node.value, ast.Call), f"{path}: self._scaler is not assigned a call"
             return np.array(ast.literal_eval(node.value.args[0]), dtype=np.float64)
     raise SystemExit(f"{path}: no self._scaler assignment found")
 
@@ -115,7 +116,7 @@ def main() -> int:
             same = all(np.array_equal(shipped[k], arrays[k]) for k in KEYS) and set(shipped.files) == set(KEYS)
         print(f"{args.out}: {'identical' if same else 'DIFFERENT'}")
         return 0 if same else 1
-    np.savez_compressed(args.out, **arrays)
+    np.savez_compressed(args.out, **arrays)  # type: ignore[arg-type]  # the stub's allow_pickle keyword
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
     return 0
 
