@@ -56,6 +56,13 @@ def conv_kind(weight_shape: list[int]) -> str:
     return f"dense {kh}x{kw} convolutions"
 
 
+def conv_flops(weight_shape: torch.Size | list[int], out_shape: torch.Size | list[int]) -> float:
+    """Multiplies and adds of a convolution, from its weight (out, in per group, kh, kw) and output shapes."""
+    o, per_group, kh, kw = weight_shape
+    n, _, h, w = out_shape
+    return 2.0 * o * per_group * kh * kw * n * h * w
+
+
 def conv_table(events, repeat: int) -> dict[str, list[float]]:
     """kind -> [seconds, GFLOP, calls] per iteration, from the profiler's convolutions grouped by shape (every
     convolution of these networks keeps its input's height and width)."""
@@ -70,23 +77,12 @@ def conv_table(events, repeat: int) -> dict[str, list[float]]:
             continue
         kind = conv_kind(weight) + (", backward" if backward else "")
         calls = event.count / repeat
-        flops = (
-            0
-            if kind == WEIGHT_GRADIENTS
-            else 2 * weight[0] * weight[1] * weight[2] * weight[3] * image[0] * image[2] * image[3]
-        )
+        flops = 0.0 if kind == WEIGHT_GRADIENTS else conv_flops(weight, image)  # the output keeps the image's size
         entry = kinds[kind]
         entry[0] += event.self_cpu_time_total / 1e6 / repeat
         entry[1] += flops * calls * (2 if backward else 1) / 1e9
         entry[2] += calls
     return kinds
-
-
-def conv_flops(weight_shape: torch.Size | list[int], out_shape: torch.Size | list[int]) -> float:
-    """Multiplies and adds of a convolution, from its weight (out, in per group, kh, kw) and output shapes."""
-    o, per_group, kh, kw = weight_shape
-    n, _, h, w = out_shape
-    return 2.0 * o * per_group * kh * kw * n * h * w
 
 
 def block_parts(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY
 from torch.utils.flop_counter import FlopCounterMode
 
 from drsformer.archs.drsformer import DRSformer
-from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
