@@ -4,6 +4,7 @@ and the other operators, at several sizes. Prints tables, so that speed work sta
     python scripts/profile_cpu.py                          # the default model, 128 and 256, the fast path
     python scripts/profile_cpu.py --sizes 128,256,512 --impl reference
     python scripts/profile_cpu.py --mode train --sizes 128
+    python scripts/profile_cpu.py --sizes 256 --precision bf16  # under autocast, as derain --precision bf16
 
 The whole iteration is first timed with nothing attached. Then:
 
@@ -20,7 +21,8 @@ The whole iteration is first timed with nothing attached. Then:
   ranking: the profiler inflates short operators.
 - In training, the convolutions' backward too, from ``torch.profiler`` (the clock cannot see inside autograd).
 
-GFLOP counts a multiply and an add per weight per output pixel (twice that for a backward).
+GFLOP counts a multiply and an add per weight per output pixel (twice that for a backward). Under autocast
+(``--precision bf16``) each convolution's clock includes autocast's casts of its weight and bias.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from torch import nn
 from drsformer.archs.blocks import TransformerBlock
 from drsformer.archs.variants import VARIANTS
 from drsformer.memory import prepare_host_memory
+from drsformer.precision import PRECISIONS, autocast
 
 CONVOLUTIONS = ("aten::mkldnn_convolution", "aten::convolution_backward")
 # An output gradient used as the kernel (drsformer.archs.depthwise): its k x k output is not in the shapes.
@@ -160,13 +163,15 @@ class ClockedParts:
         return hook
 
 
-def run_once(model: nn.Module, image: torch.Tensor, mode: str) -> None:
+def run_once(model: nn.Module, image: torch.Tensor, mode: str, precision: str = "fp32") -> None:
     if mode == "infer":
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast("cpu", precision):
             model(image)
     else:
         model.zero_grad(set_to_none=True)
-        (model(image) - image).abs().mean().backward()
+        with autocast("cpu", precision):
+            loss = (model(image).float() - image).abs().mean()
+        loss.backward()
 
 
 def print_convolutions(kinds: dict[str, list[float]], whole: float, title: str) -> None:
@@ -195,24 +200,24 @@ def print_parts(clocked: ClockedParts, repeat: int, whole: float, mode: str) -> 
         print(f"| between the parts (skips, residual adds, reductions) | | | {rest:.3f} s | {rest / whole:.0%} | |")
 
 
-def profile(model: nn.Module, size: int, mode: str, repeat: int, top: int) -> None:
+def profile(model: nn.Module, size: int, mode: str, repeat: int, top: int, precision: str = "fp32") -> None:
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    run_once(model, image, mode)  # warm-up: allocator and oneDNN primitives
+    run_once(model, image, mode, precision)  # warm-up: allocator and oneDNN primitives
     begun = time.perf_counter()
     for _ in range(repeat):
-        run_once(model, image, mode)
+        run_once(model, image, mode, precision)
     whole = (time.perf_counter() - begun) / repeat
     impl = model.layout_impl
-    print(f"\n### 1x3x{size}x{size}, {mode}, {impl} path: {whole:.2f} s per iteration (mean of {repeat})")
+    print(f"\n### 1x3x{size}x{size}, {mode}, {precision}, {impl} path: {whole:.2f} s per iteration (mean of {repeat})")
 
     with ClockedParts(model, clock_convolutions=mode == "infer") as clocked:
         begun = time.perf_counter()
         for _ in range(repeat):
-            run_once(model, image, mode)
+            run_once(model, image, mode, precision)
         clocked_whole = (time.perf_counter() - begun) / repeat
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(repeat):
-            run_once(model, image, mode)
+            run_once(model, image, mode, precision)
 
     if mode == "infer":
         kinds = {kind: [s / repeat, g / repeat, c / repeat] for kind, (s, g, c) in clocked.kinds.items()}
@@ -241,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--top", type=int, default=12, help="operators to list besides the convolutions")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16/fp16: under torch.autocast")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     model.train(args.mode == "train")
     print(f"{args.variant}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     for size in (int(s) for s in args.sizes.split(",")):
-        profile(model, size, args.mode, args.repeat, args.top)
+        profile(model, size, args.mode, args.repeat, args.top, args.precision)
     return 0
 
 

@@ -58,3 +58,19 @@ def test_the_parts_cover_the_network_once_per_call(profile_cpu) -> None:
     for seconds, convolutions, _ in parts.values():
         assert convolutions <= seconds
     assert not model._forward_hooks and all(not m._forward_pre_hooks for m in model.modules())  # hooks removed
+
+
+def test_bf16_runs_under_autocast_and_counts_the_same_work(profile_cpu) -> None:
+    torch.manual_seed(0)
+    model = DRSformer(**TINY).eval()
+    image = torch.rand(1, 3, 16, 16)
+    seen: list[torch.dtype] = []
+    handle = model.output.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    gflop = {}
+    for precision in ("fp32", "bf16"):
+        with profile_cpu.ClockedParts(model, clock_convolutions=True) as clocked:
+            profile_cpu.run_once(model, image, "infer", precision)
+        gflop[precision] = sum(entry[1] for entry in clocked.kinds.values())
+    handle.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+    assert gflop["bf16"] == pytest.approx(gflop["fp32"], rel=1e-12) and gflop["fp32"] > 0
