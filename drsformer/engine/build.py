@@ -4,6 +4,7 @@ data and its schedule, and validation; and the process-wide backend settings a r
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,19 @@ def build_network(options: dict[str, Any], device: torch.device, logger: RunLogg
     return model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
 
 
+# On CPU, oneDNN hands some weight gradients back in the channels-last order (1x1 and depth-wise kernels). Those
+# differ from their parameters' strides only in a dimension of size 1, which is the same memory
+# (tests/test_train.py checks it), so DDP's warning about them is noise.
+GRAD_STRIDE_WARNING = "Grad strides do not match bucket view strides"
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """``model`` in DDP, one device per process; on CPU without the layout warning above."""
+    if device.type == "cpu":
+        warnings.filterwarnings("ignore", message=GRAD_STRIDE_WARNING, category=UserWarning)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def build_run(options: dict[str, Any], dist: Distributed, logger: RunLogger, run_dir: Path) -> Built:
     """The parts of a run described by resolved ``options``, on ``dist.device``."""
     train, device = options["train"], dist.device
@@ -78,9 +92,7 @@ def build_run(options: dict[str, Any], dist: Distributed, logger: RunLogger, run
         else None
     )
     loss_fn = LOSS_REGISTRY.build(train["pixel_opt"], where="train.pixel_opt").to(device)
-    ddp = None
-    if dist.enabled:
-        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp = wrap_ddp(model, device) if dist.enabled else None
     net = torch.compile(ddp or model) if train["compile"] else ddp or model
     clip = train["grad_clip_norm"] or (DEFAULT_CLIP_NORM if train["use_grad_clip"] else None)
     memory_format = torch.channels_last if train["channels_last"] else torch.contiguous_format
