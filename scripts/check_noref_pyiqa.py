@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import cv2
 import numpy as np
@@ -134,7 +135,19 @@ def ours(path: Path) -> dict[str, float]:
     return score_image(path, ("niqe", "brisque"))
 
 
-def compare(paths: list[Path], niqe, brisque) -> dict[str, dict[str, float]]:
+class ImageComparison(TypedDict):
+    """One image's row of :func:`compare` (and of ``--json``)."""
+
+    pyiqa: dict[str, float]  # niqe, brisque; torch on one thread
+    ours: dict[str, float]
+    rel: dict[str, float]  # |ours - pyiqa| / |pyiqa|, per metric
+    abs_brisque: float
+    brisque_all_cores: float  # pyiqa's BRISQUE with torch on every core
+    abs_our_svr_of_pyiqa_features: float  # our SVR on pyiqa's features, against pyiqa's score
+    brisque_features_rel: float  # max relative difference of the 36 features
+
+
+def compare(paths: list[Path], niqe, brisque) -> dict[str, ImageComparison]:
     """Both tools on every image, torch on one thread (the ``rel`` and ``abs_brisque`` columns); pyiqa's BRISQUE is
     also run on all cores, whose float32 reductions round differently (``brisque_all_cores``)."""
     import torch
@@ -143,7 +156,7 @@ def compare(paths: list[Path], niqe, brisque) -> dict[str, dict[str, float]]:
     from drsformer.metrics.noref import brisque_features, brisque_from_features
 
     cores = os.cpu_count() or 1
-    rows = {}
+    rows: dict[str, ImageComparison] = {}
     print(
         "| image | size | NIQE pyiqa | NIQE ours | rel. diff | BRISQUE pyiqa | BRISQUE ours | rel. diff | abs. diff |"
     )
@@ -154,18 +167,23 @@ def compare(paths: list[Path], niqe, brisque) -> dict[str, dict[str, float]]:
         torch.set_num_threads(1)
         reference = {"niqe": float(niqe(str(path)).item()), "brisque": float(brisque(str(path)).item())}
         mine = ours(path)
-        h, w = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape[:2]
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise SystemExit(f"{path}: OpenCV cannot read it")
+        h, w = image.shape[:2]
         rel = {k: abs(mine[k] - reference[k]) / abs(reference[k]) for k in reference}
         abs_b = abs(mine["brisque"] - reference["brisque"])
         # pyiqa's own features scored by our SVR, and our features against its: which step a difference comes from
         their_features = pyiqa_brisque_features(path)
         my_features = brisque_features(to_uint8(read_image(path)))
-        rows[path.name] = {"pyiqa": reference, "ours": mine, "rel": rel, "abs_brisque": abs_b}
-        rows[path.name]["brisque_all_cores"] = all_cores
-        their_score = brisque_from_features(their_features)
-        rows[path.name]["abs_our_svr_of_pyiqa_features"] = abs(their_score - reference["brisque"])
-        rows[path.name]["brisque_features_rel"] = float(
-            np.max(np.abs(my_features - their_features) / np.abs(their_features))
+        rows[path.name] = ImageComparison(
+            pyiqa=reference,
+            ours=mine,
+            rel=rel,
+            abs_brisque=abs_b,
+            brisque_all_cores=all_cores,
+            abs_our_svr_of_pyiqa_features=abs(brisque_from_features(their_features) - reference["brisque"]),
+            brisque_features_rel=float(np.max(np.abs(my_features - their_features) / np.abs(their_features))),
         )
         print(
             f"| {path.name} | {w}x{h} | {reference['niqe']:.6f} | {mine['niqe']:.6f} | {rel['niqe']:.1e} | "
