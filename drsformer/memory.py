@@ -52,11 +52,12 @@ def keep_freed_memory(keep: bool = True) -> bool:
 
     glibc maps every block above 32 MB afresh and unmaps it when freed, so each large activation of a forward pass
     page-faults its memory in again, and the kernel zeroes it first. With mmap off for the heap and trimming
-    raised, freed blocks are reused: 1.10x inference at 256^2 and 1.12x a training step at 128^2 for the full
-    model on CPU (docs/benchmarks.md), for a resident set about 13 % larger at 256^2, which stays at its peak
-    until the process ends. ``derain``, ``test``, ``bench``, ``train`` and ``demo`` call this; ``serve``, a
-    long-running process, does not. A user's own ``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_`` or
-    ``glibc.malloc`` tunables win. ``keep=False`` restores glibc's defaults (for benchmarks). Returns whether the
+    raised, freed blocks are reused. For the full model on CPU (docs/benchmarks.md): inference about 1.3x
+    faster at 256^2 and 1.8x at 512^2, a training step at 128^2 1.12x; the resident set's peak grows by up to
+    12 % at 256^2 and by 62-79 % at 512^2, and stays at its peak until the process ends. ``derain``, ``test``,
+    ``bench``, ``train`` and ``demo`` call this; ``serve``, a long-running process, does not. A user's own
+    ``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_`` or ``glibc.malloc`` tunables win (``MALLOC_MMAP_MAX_=65536``
+    keeps glibc's behaviour). ``keep=False`` restores glibc's defaults (for benchmarks). Returns whether the
     setting was applied (glibc on Linux only).
     """
     if keep and (
