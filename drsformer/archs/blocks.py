@@ -57,18 +57,20 @@ class _ChannelNorm(nn.Module):
 
     def forward_fast(self, x: Tensor) -> Tensor:
         with autocast_off(x.device.type):
-            if x.dtype == torch.bfloat16 and x.device.type == "cpu" and self.bias is not None and _is_nhwc(x):
-                # PyTorch's CPU kernel reads bf16 and float32 weights, and computes in float32: the same result
-                # to a bf16 rounding, without two conversion passes (2.5x faster for 96 channels at 512^2).
-                normed = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, 1e-5)
-                return normed.permute(0, 3, 1, 2)
+            if self.bias is not None and _is_nhwc(x):
+                # NHWC storage: the permuted view is contiguous, so the fused kernel runs without copies. PyTorch's
+                # CPU kernel reads bf16 with float32 weights and computes in float32, so bf16 goes in as it is
+                # (no two conversion passes: 2.5x faster for 96 channels at 512^2).
+                bf16_cpu = x.dtype == torch.bfloat16 and x.device.type == "cpu"
+                source = x if bf16_cpu else _at_least_float32(x)
+                dtype = torch.float32 if bf16_cpu else source.dtype
+                out = F.layer_norm(
+                    source.permute(0, 2, 3, 1), x.shape[1:2], self.weight.to(dtype), self.bias.to(dtype), 1e-5
+                )
+                return out.permute(0, 3, 1, 2).to(x.dtype)
             xf = _at_least_float32(x)
             weight = self.weight.to(xf.dtype)
             bias = None if self.bias is None else self.bias.to(xf.dtype)
-            if bias is not None and _is_nhwc(x):
-                # NHWC storage: the permuted view is contiguous, so the fused kernel runs without copies.
-                out = F.layer_norm(xf.permute(0, 2, 3, 1), x.shape[1:2], weight, bias, 1e-5)
-                return out.permute(0, 3, 1, 2).to(x.dtype)
             var, mean = torch.var_mean(xf, dim=1, keepdim=True, correction=0)
             scale = torch.rsqrt(var + 1e-5)
             if bias is None:
