@@ -153,11 +153,11 @@ def resolve_storage(model: DRSformer, shape: tuple[int, ...], storage: str, frac
 
 
 def storage_bytes_per_pixel(model: DRSformer, element_size: int = 4) -> float:
-    """Bytes per input pixel of the full-size maps alive at the peak (the level-1 decoder: the image, the three
-    skips and the decoder's input and output at 2 * dim channels)."""
+    """Bytes per input pixel of the full-size maps alive at the peak: the image, and a level-1 decoder block's
+    input and output at 2 * dim channels (the skips are consumed by then; :class:`MapPool` holds no more)."""
     config = model.config
     dim = config["dim"]
-    values = config["inp_channels"] + dim + 2 * dim / 4 + 4 * dim / 16 + 2 * (2 * dim) + config["out_channels"]
+    values = config["inp_channels"] + 2 * (2 * dim)
     if config.get("dual_pixel_task"):
         values += dim  # the embedding, kept for the output's skip
     return values * element_size
@@ -200,12 +200,12 @@ class HostMaps:
     PAGE = 4096
 
     def __init__(self) -> None:
-        self.registered: list[tuple[Tensor, int]] = []  # (buffer, first registered address)
+        self.registered: list[tuple[Tensor, int, int]] = []  # (buffer, first registered address, bytes)
         self.bytes = 0
         self.peak_bytes = 0
 
-    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    def buffer(self, size: int) -> Tensor:
+        """``size`` bytes of page-locked memory, starting on a page of their own."""
         pages = -(-max(size, 1) // self.PAGE) * self.PAGE
         buffer = torch.empty(pages + self.PAGE, dtype=torch.uint8)
         offset = -buffer.data_ptr() % self.PAGE
@@ -216,17 +216,71 @@ class HostMaps:
                 f"cudaHostRegister of {pages / 2**20:.0f} MB of host memory for the tiles' maps failed (CUDA error "
                 f"{error}); use storage on the device, or a smaller image"
             )
-        self.registered.append((buffer, start))
+        self.registered.append((buffer, start, pages))
         self.bytes += pages
         self.peak_bytes = max(self.peak_bytes, self.bytes)
-        return buffer[offset : offset + size].view(dtype).view(shape)
+        return buffer[offset : offset + size]
+
+    def discard(self, buffer: Tensor) -> None:
+        """Unregisters ``buffer`` (one :meth:`buffer` gave); every copy into or out of it has landed."""
+        index = next(i for i, (_, start, _) in enumerate(self.registered) if start == buffer.data_ptr())
+        _, start, pages = self.registered.pop(index)
+        torch.cuda.cudart().cudaHostUnregister(start)
+        self.bytes -= pages
 
     def release_all(self) -> None:
         """Unregisters every map (the memory stays valid, unpinned); the caller has synchronised first."""
-        for _, start in self.registered:
+        for _, start, _ in self.registered:
             torch.cuda.cudart().cudaHostUnregister(start)
         self.registered.clear()
         self.bytes = 0
+
+
+class MapPool:
+    """The full-size maps of one run, each cut from a byte buffer that later maps reuse.
+
+    A map the run no longer needs hands its buffer back; the next map takes the smallest free buffer that holds
+    it, so maps of other shapes (the levels' different sizes and widths) reuse memory too. When no free buffer
+    is large enough, the free ones are let go (``discard``) before a new one is allocated (``allocate(size)``,
+    uint8): what the run holds stays near the maps alive at its peak.
+    """
+
+    def __init__(self, allocate: Callable[[int], Tensor], discard: Callable[[Tensor], None] | None = None) -> None:
+        self.allocate = allocate
+        self.discard = discard
+        self.free: list[Tensor] = []
+        self.lent: dict[int, Tensor] = {}  # a map's address -> its buffer
+        self.held = 0  # bytes in buffers, free or lent
+        self.peak_held = 0
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype, channels_last: bool = False) -> Tensor:
+        size = max(math.prod(shape), 1) * torch.empty((), dtype=dtype).element_size()
+        fits = [i for i, buffer in enumerate(self.free) if buffer.numel() >= size]
+        if fits:
+            buffer = self.free.pop(min(fits, key=lambda i: self.free[i].numel()))
+        else:
+            for unused in self.free:
+                if self.discard is not None:
+                    self.discard(unused)
+                self.held -= unused.numel()
+            self.free.clear()
+            buffer = self.allocate(size)
+            self.held += buffer.numel()
+            self.peak_held = max(self.peak_held, self.held)
+        values = buffer[:size].view(dtype)[: math.prod(shape)]
+        if channels_last and len(shape) == 4:
+            batch, channels, height, width = shape
+            out = values.view(batch, height, width, channels).permute(0, 3, 1, 2)
+        else:
+            out = values.view(shape)
+        self.lent[out.data_ptr()] = buffer
+        return out
+
+    def give_back(self, x: Tensor) -> None:
+        self.free.append(self.lent.pop(x.data_ptr()))
+
+    def __bool__(self) -> bool:
+        return bool(self.free or self.lent)
 
 
 class ExactTiler:
@@ -262,28 +316,31 @@ class ExactTiler:
         param = next(model.parameters())
         self.device = param.device
         self.channels_last = model.layout_impl == "fast" and self.device.type == "cpu"
-        self._pool: dict[tuple, list[Tensor]] = {}
+        self._pool = MapPool(self._allocate, self._discard)
         self.host_maps = HostMaps()
+        self.peak_bytes = 0  # the full-size maps (the image aside) held at most in the last run
 
     # -- storage ---------------------------------------------------------------------------------------------
     def _storage_device(self, image: Tensor) -> torch.device:
         where = resolve_storage(self.model, tuple(image.shape), self.storage, self.auto_fraction)
         return torch.device("cpu") if where == "host" else self.device
 
-    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        """A full-size map, reused from maps this run no longer needs when one of that shape is free (every copy
-        into or out of a map has landed before it is handed back: see :class:`MapCopies`)."""
-        key = (shape, dtype)
-        if self._pool.get(key):
-            return self._pool[key].pop()
+    def _allocate(self, size: int) -> Tensor:
         if self.store.type == "cpu" and self.device.type == "cuda":
-            return self.host_maps.empty(shape, dtype)
-        if self.channels_last and len(shape) == 4:
-            return torch.empty(shape, dtype=dtype, device=self.store, memory_format=torch.channels_last)
-        return torch.empty(shape, dtype=dtype, device=self.store)
+            return self.host_maps.buffer(size)
+        return torch.empty(size, dtype=torch.uint8, device=self.store)
+
+    def _discard(self, buffer: Tensor) -> None:
+        if self.store.type == "cpu" and self.device.type == "cuda":
+            self.host_maps.discard(buffer)
+
+    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """A full-size map, in memory the run no longer needs where some is free (every copy into or out of a map
+        has landed before it is handed back: see :class:`MapCopies`)."""
+        return self._pool.take(shape, dtype, channels_last=self.channels_last)
 
     def _release(self, x: Tensor) -> None:
-        self._pool.setdefault((tuple(x.shape), x.dtype), []).append(x)
+        self._pool.give_back(x)
 
     def _to_device(self, x: Tensor) -> Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -316,7 +373,8 @@ class ExactTiler:
             self.copies.settle()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self._pool.clear()
+            self.peak_bytes = self._pool.peak_held
+            self._pool = MapPool(self._allocate, self._discard)
             self.host_maps.release_all()  # unpins; the memory (the result among it) stays valid
         return result
 

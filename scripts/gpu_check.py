@@ -152,9 +152,9 @@ def torch_seed(seed: int) -> None:
 
 def tiled_photo(check: Check) -> None:
     """The full model on a 4K photo (3840 x 2160) through exact tiles of 512 with the full-size maps in host
-    memory (time, peak GPU memory, pinned host memory), then again through tiles of 768 with the maps on the
-    device: the two tilings must agree (both without TF32). Quick: the width-8 model on 480 x 272, tiles of 128
-    and 192."""
+    memory, of 512 with the maps on the device, and of 768 on the device (each: time, peak GPU memory allocated
+    and reserved; host maps: pinned memory). The three must agree (all without TF32). The two runs at 512 tell
+    the host maps' cost from the tile's. Quick: the width-8 model on 480 x 272, tiles of 128 and 192."""
     import torch
 
     from drsformer import tiling
@@ -162,11 +162,11 @@ def tiled_photo(check: Check) -> None:
 
     height, width = (272, 480) if check.quick else (2160, 3840)
     model_name = "width-8 model" if check.quick else "full model"
-    tiles = (128, 192) if check.quick else (512, 768)
-    name = (
-        f"exact tiles of {tiles[0]} (maps in host memory) and {tiles[1]} (on the device), {model_name}, "
-        f"{width}x{height}"
-    )
+    small, large = (128, 192) if check.quick else (512, 768)
+    runs_wanted = [(small, "host"), (small, "device"), (large, "device")]
+    name = (f"exact tiles of {small} (maps in host memory, then on the device) and {large}, {model_name}, "
+            f"{width}x{height}")  # fmt: skip
+
     start = time.perf_counter()
     cuda = check.device.startswith("cuda")
     try:
@@ -176,34 +176,32 @@ def tiled_photo(check: Check) -> None:
         device = torch.device(check.device)
         saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        outputs, parts = [], []
         try:
-            runs = []
-            for tile, storage in zip(tiles, ("host", "device"), strict=True):
+            for tile, storage in runs_wanted:
                 if cuda:
+                    torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats(device)
                 tiler = tiling.ExactTiler(model, tile, contextlib.nullcontext, storage=storage)
                 began = time.perf_counter()
                 with torch.inference_mode():
-                    out = tiler(image).cpu()
+                    outputs.append(tiler(image).cpu())
                 if cuda:
                     torch.cuda.synchronize(device)
-                peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
-                runs.append((out, time.perf_counter() - began, peak, tiler.host_maps.peak_bytes))
+                part = f"tiles of {tile}, {storage} maps: {time.perf_counter() - began:.1f} s"
+                if cuda:
+                    allocated = torch.cuda.max_memory_allocated(device) / 2**30
+                    reserved = torch.cuda.max_memory_reserved(device) / 2**30
+                    part += f", GPU peak {allocated:.2f} GiB allocated, {reserved:.2f} GiB reserved"
+                if storage == "host":
+                    part += f", pinned {tiler.host_maps.peak_bytes / 2**30:.2f} GiB"
+                parts.append(part)
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-        (first, seconds, peak, pinned), (second, seconds_device, peak_device, _) = runs
-        difference = (first - second).abs().max().item()
+        difference = max((other - outputs[0]).abs().max().item() for other in outputs[1:])
         maps = tiling.storage_bytes_per_pixel(model) * height * width / 2**30
-        ok = bool(torch.isfinite(first).all()) and difference < 1e-3
-        gib = lambda value: f"{value:.2f} GiB" if value is not None else "- (CUDA only)"  # noqa: E731
-        figures = (f"tiles of {tiles[0]}, host maps: {seconds:.1f} s, peak {gib(peak)} on the GPU, pinned "
-                   f"{pinned / 2**30:.2f} GiB for {maps:.2f} GiB of maps; tiles of {tiles[1]}, device maps: "
-                   f"{seconds_device:.1f} s, peak {gib(peak_device)}; max difference {difference:.2g}")  # fmt: skip
-        if cuda:
-            stats = torch.cuda.host_memory_stats()
-            reserved = stats.get("reserved_bytes.peak", stats.get("reserved_bytes.all.peak"))
-            if reserved is not None:
-                figures += f"; PyTorch's pinned allocator peak {reserved / 2**30:.2f} GiB"
+        ok = bool(torch.isfinite(outputs[0]).all()) and difference < 1e-3
+        figures = "; ".join(parts) + f"; maps {maps:.2f} GiB; max difference {difference:.2g}"
     except Exception as err:  # a failed check, recorded; the run goes on
         ok, figures = False, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
     print(f"{'pass' if ok else 'FAIL'}  exact tiles {width}x{height} ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -278,6 +276,92 @@ def msfn_formulations(check: Check) -> None:
               " \\| ".join(rows) + f"; max difference {worst:.2g}" if rows else "")  # fmt: skip
 
 
+MSFN_POLICIES = {  # which MSFNs run pair_split (the two depth-wise form): by module name
+    "grouped everywhere (CUDA default)": lambda name: False,
+    "two depth-wise everywhere": lambda name: True,
+    "two depth-wise at full resolution only": lambda name: name.startswith(("encoder_level1", "decoder_level1",
+                                                                            "refinement")),
+}  # fmt: skip
+
+
+def msfn_in_the_model(check: Check) -> None:
+    """The full model's fp32 inference (1 x 256^2) and training step (forward + backward, 8 x 128^2) with each
+    of :data:`MSFN_POLICIES`, alternating, median of 10 after 3 warm-ups: whether the one-MSFN gains carry to the
+    whole model, and at which levels. Outputs and gradients must agree (compared without TF32). Quick: the
+    width-8 model, 2 x 32^2."""
+    import torch
+
+    from drsformer.archs import DRSformer
+    from drsformer.archs.blocks import MixedScaleFeedForward
+
+    device = torch.device(check.device)
+    warmup, repeat = (1, 2) if check.quick else (3, 10)
+    rows, worst = [], 0.0
+
+    def measure() -> None:
+        nonlocal worst
+        torch.manual_seed(0)
+        model = (DRSformer(dim=8, num_blocks=[1, 1, 1, 1]) if check.quick else DRSformer()).to(device)
+        msfns = [(n, m) for n, m in model.named_modules() if isinstance(m, MixedScaleFeedForward)]
+        small = (2, 32) if check.quick else None
+        shapes = {"inference": small or (1, 256), "training step": small or (8, 128)}
+
+        def step(mode: str, x: torch.Tensor) -> torch.Tensor:
+            if mode == "inference":
+                with torch.inference_mode():
+                    return model(x).flatten()
+            model.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+        def use(policy: str) -> None:
+            for name, module in msfns:
+                module.pair_split = MSFN_POLICIES[policy](name)
+
+        def run(policy: str, mode: str, x: torch.Tensor) -> float:
+            use(policy)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            began = time.perf_counter()
+            step(mode, x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return (time.perf_counter() - began) * 1000
+
+        for mode, (batch, side) in shapes.items():
+            x = torch.rand(batch, 3, side, side, device=device)
+            policies = list(MSFN_POLICIES)
+            for _ in range(warmup):
+                for policy in policies:
+                    run(policy, mode, x)
+            times: dict[str, list[float]] = {policy: [] for policy in policies}
+            for i in range(repeat):
+                for policy in policies if i % 2 == 0 else policies[::-1]:
+                    times[policy].append(run(policy, mode, x))
+            results, saved = [], torch.backends.cudnn.allow_tf32
+            torch.backends.cudnn.allow_tf32 = False  # compared in full float32; timed with PyTorch's defaults
+            try:
+                for policy in policies:
+                    use(policy)
+                    results.append(step(mode, x))
+            finally:
+                torch.backends.cudnn.allow_tf32 = saved
+            scale = results[0].abs().max().item()
+            worst = max(worst, *((r - results[0]).abs().max().item() / scale for r in results[1:]))
+            first = statistics.median(times[policies[0]])
+            rows.append(f"{mode} {batch}x{side}²: " + "; ".join(
+                f"{policy} {statistics.median(times[policy]):.1f} ms ({first / statistics.median(times[policy]):.2f}×)"
+                for policy in policies))  # fmt: skip
+            print(rows[-1])
+        for _, module in msfns:
+            module.pair_split = None
+
+    ok, _ = check.call("MSFN in the model", "msfn_in_the_model (MSFN_POLICIES)", measure)
+    ok = ok and worst < 1e-3
+    check.add("MSFN formulations in the whole model, fp32", ok,
+              " \\| ".join(rows) + f"; max relative difference {worst:.2g}" if rows else "")  # fmt: skip
+
+
 def train(check: Check, label: str, sets: list[str]) -> tuple[bool, dict]:
     """drsformer train on the demo's synthetic pairs; returns its figures from log.jsonl."""
     data = check.out / "data"
@@ -324,19 +408,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="every CUDA path in one run; writes OUT_DIR/report.md")
     parser.add_argument("out", nargs="?", default="gpu_check", help="folder for report.md and the logs")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
-    parser.add_argument("--quick", action="store_true", help="tiny model, few iterations, no torch.compile")
+    parser.add_argument("--quick", action="store_true", help="tiny model, few iterations")
+    parser.add_argument("--compile", action="store_true", help="also bf16 + torch.compile (inference and training; "
+                        "compilation takes minutes)")  # fmt: skip
+    parser.add_argument("--tests", metavar="EXPR", help="only the CUDA tests pytest -k EXPR selects (default: all)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))  # this checkout's drsformer, installed or not
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     check = Check(out, args.device, args.quick)
 
+    select = ["-k", args.tests] if args.tests else []
     ok, output = check.run("pytest -m cuda", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                              "-m", "cuda", "tests/test_gpu.py"])  # fmt: skip
+                                              "-m", "cuda", "--durations=8", *select, "tests/test_gpu.py"])  # fmt: skip
     summary = next((line for line in reversed(output.splitlines()) if "passed" in line or "failed" in line), "")
     check.add("CUDA tests (tests/test_gpu.py: NaN rollback fp16/bf16, exact tiling vs CPU and at every level "
               "boundary with slowed copies, one storage for a self-ensemble, pinned host maps, bench on its GPU, "
-              "--tile auto, deterministic resume, process group)", ok and "skipped" not in summary,
+              f"--tile auto, deterministic resume, process group){f'; only -k {args.tests}' if args.tests else ''}",
+              ok and "skipped" not in summary,
               summary.strip("= "))  # fmt: skip
 
     compiled: dict[str, object] = {"precision": "bf16", "compile": True}
@@ -350,12 +439,13 @@ def main() -> int:
         ("channels-last", {"channels_last": True, "compare": True}),
         ("activation checkpointing", {"activation_checkpointing": True, "compare": True}),
     ]
-    for label, options in infer_runs + ([] if args.quick else [("bf16 + compile", compiled)]):
+    for label, options in infer_runs:
         bench(check, "infer", label, options)
-    for label, options in train_runs + ([] if args.quick else [("bf16 + compile", compiled)]):
+    for label, options in train_runs:
         bench(check, "train", label, options)
 
     msfn_formulations(check)
+    msfn_in_the_model(check)
     tiled_photo(check)
     ok_fast, fast = train(check, "bf16", ["train.precision=bf16"])
     model = "the demo's width-8 model" if args.quick else "the full model (with MEFC)"
@@ -370,6 +460,10 @@ def main() -> int:
         ok_det,
         f"{det.get('seconds_per_iter', 0) * 1000:.0f} ms/iter, {cost:+.0f}% time" if cost is not None else "",
     )
+
+    if args.compile:  # compilation takes minutes: last, so a run cut off at a time limit keeps every other row
+        bench(check, "infer", "bf16 + compile", compiled)
+        bench(check, "train", "bf16 + compile", compiled)
 
     print(check.report())
     return 0 if check.passed else 1

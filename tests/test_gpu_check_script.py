@@ -16,7 +16,7 @@ def test_the_gpu_self_check_runs_every_check_on_the_cpu(tmp_path) -> None:
     report = (tmp_path / "report" / "report.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| check")]
     checks = [row.split(" | ")[0].lstrip("| ") for row in rows]
-    assert len(rows) == 11 and all(" | pass | " in row for row in rows), report
+    assert len(rows) == 12 and all(" | pass | " in row for row in rows), report
     assert checks[0].startswith("CUDA tests") and "17 passed" in rows[0]
     assert (
         sum(c.startswith("bench infer") for c in checks) == 2 and sum(c.startswith("bench train") for c in checks) == 4
@@ -24,8 +24,11 @@ def test_the_gpu_self_check_runs_every_check_on_the_cpu(tmp_path) -> None:
     assert any("train.deterministic" in c for c in checks) and "images/s" in rows[-2]
     assert any(c.startswith("MSFN pair-grouped") and "forward + backward" in r and "max difference" in r
                for c, r in zip(checks, rows, strict=True))  # fmt: skip
-    assert any(c.startswith("exact tiles of 128") and "max difference" in r for c, r in zip(checks, rows, strict=True))
-    assert len(list((tmp_path / "report").glob("*.log"))) == 10  # one log per check
+    assert any(c.startswith("MSFN formulations in the whole model") and "training step" in r
+               and "max relative difference" in r for c, r in zip(checks, rows, strict=True))  # fmt: skip
+    assert any(c.startswith("exact tiles of 128") and r.count(" maps: ") == 3 and "max difference" in r
+               for c, r in zip(checks, rows, strict=True))  # fmt: skip
+    assert len(list((tmp_path / "report").glob("*.log"))) == 11  # one log per check
 
 
 def test_the_report_is_on_disk_after_each_check(tmp_path) -> None:

@@ -176,6 +176,43 @@ def test_the_tiler_reuses_maps_and_leaves_nothing_behind() -> None:
     assert torch.equal(first, second) and not tiler._pool
 
 
+def test_a_freed_buffer_serves_smaller_maps_and_is_let_go_for_a_larger_one() -> None:
+    discarded: list[int] = []
+    pool = tiling.MapPool(lambda size: torch.empty(size, dtype=torch.uint8), lambda b: discarded.append(b.numel()))
+    first = pool.take((1, 4, 8, 8), torch.float32)  # 1024 bytes
+    address = first.data_ptr()
+    pool.give_back(first)
+    smaller = pool.take((1, 2, 8, 8), torch.bfloat16)  # 256 bytes, in the same buffer
+    assert smaller.data_ptr() == address and pool.held == 1024 and not discarded
+    pool.give_back(smaller)
+    larger = pool.take((1, 8, 8, 8), torch.float32, channels_last=True)
+    assert discarded == [1024] and pool.held == 2048 and pool.peak_held == 2048
+    assert larger.is_contiguous(memory_format=torch.channels_last) and larger.shape == (1, 8, 8, 8)
+
+
+@pytest.mark.parametrize("name", ["mefc", "no mefc", "dual pixel", "restormer"])
+def test_the_maps_held_at_the_peak_are_what_storage_counts(name: str) -> None:
+    """The storage decision counts the image and a level-1 decoder block's input and output; the pool holds no
+    more than that, whatever the levels' shapes."""
+    from drsformer.archs import Restormer
+
+    small = dict(dim=8, num_blocks=[1, 1, 1, 1], heads=[1, 2, 4, 8])
+    model = {
+        "mefc": lambda: DRSformer(**small, mefc=True),
+        "no mefc": lambda: DRSformer(**small, mefc=False),
+        "dual pixel": lambda: DRSformer(**small, inp_channels=6, dual_pixel_task=True),
+        "restormer": lambda: Restormer(**small, num_refinement_blocks=2),
+    }[name]().eval()
+    channels = model.config["inp_channels"]
+    x = torch.rand(1, channels, 72, 56)
+    tiler = ExactTiler(model, 24, NO_AUTOCAST, storage="host")
+    with torch.no_grad():
+        tiled = tiler(x)
+        assert (tiled - model(x)).abs().max().item() < 1e-5
+    image = channels * 4 * x.shape[-2] * x.shape[-1]
+    assert tiler.peak_bytes + image == tiling.storage_bytes_per_pixel(model) * x.shape[-2] * x.shape[-1]
+
+
 # ---------------------------------------------------------------- the GPU's ordering, replayed on the CPU
 
 # Image sizes and tiles where one level runs in one tile and the level above does not (level tiles for 24: 24, 16,
