@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import io
 import json
 import os
@@ -44,6 +45,10 @@ class Check:
     def call(self, name: str, what: str, fn: Callable[[], object]) -> tuple[bool, str]:
         """``fn()`` (a library call, described by ``what``) in this process; its output and any error go to a log,
         and an error fails the check without stopping the run."""
+        # PyTorch's first optimizer imports torch._dynamo, which keeps the importing frames (and a benchmark's
+        # models and optimizer states in their locals) alive in a reference cycle: collected here, so that no
+        # check's memory figures carry an earlier check's leftovers.
+        gc.collect()
         start, buffer = time.perf_counter(), io.StringIO()
         with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             try:
@@ -179,9 +184,12 @@ def tiled_photo(check: Check) -> None:
         outputs, parts = [], []
         try:
             for tile, storage in runs_wanted:
+                held = 0.0
                 if cuda:
+                    gc.collect()  # what earlier checks left in reference cycles (see Check.call)
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats(device)
+                    held = torch.cuda.memory_allocated(device) / 2**30
                 tiler = tiling.ExactTiler(model, tile, contextlib.nullcontext, storage=storage)
                 began = time.perf_counter()
                 with torch.inference_mode():
@@ -192,7 +200,8 @@ def tiled_photo(check: Check) -> None:
                 if cuda:
                     allocated = torch.cuda.max_memory_allocated(device) / 2**30
                     reserved = torch.cuda.max_memory_reserved(device) / 2**30
-                    part += f", GPU peak {allocated:.2f} GiB allocated, {reserved:.2f} GiB reserved"
+                    part += (f", GPU peak {allocated:.2f} GiB allocated ({held:.2f} GiB held before), {reserved:.2f} "
+                             f"GiB reserved")  # fmt: skip
                 if storage == "host":
                     part += f", pinned {tiler.host_maps.peak_bytes / 2**30:.2f} GiB"
                 parts.append(part)
