@@ -325,13 +325,18 @@ class ExactTiler:
         where = resolve_storage(self.model, tuple(image.shape), self.storage, self.auto_fraction)
         return torch.device("cpu") if where == "host" else self.device
 
+    @property
+    def _pinned(self) -> bool:
+        """Whether the maps are page-locked host memory (:class:`HostMaps`): in host memory for a CUDA model."""
+        return self.store.type == "cpu" and self.device.type == "cuda"
+
     def _allocate(self, size: int) -> Tensor:
-        if self.store.type == "cpu" and self.device.type == "cuda":
+        if self._pinned:
             return self.host_maps.buffer(size)
         return torch.empty(size, dtype=torch.uint8, device=self.store)
 
     def _discard(self, buffer: Tensor) -> None:
-        if self.store.type == "cpu" and self.device.type == "cuda":
+        if self._pinned:
             self.host_maps.discard(buffer)
 
     def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
