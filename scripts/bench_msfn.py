@@ -7,7 +7,9 @@ eager training step, and ONNX Runtime on graphs exported from each. Prints one t
 "previous" is the fast path before issue 29 (``MixedScaleFeedForward.pair_split = False``, what CUDA and exported graphs
 run): the pair-grouped convolutions (``dwconv3x3_1``, ``dwconv5x5_1``, two input channels per group) run as grouped
 convolutions on ``cat([a, b])``. "current" (``pair_split = True``, the CPU default) computes them as depth-wise ones on
-contiguous segments of the first stage, without concatenations. Everything else in the model is the same code. The model
+contiguous segments of the first stage, without concatenations. For ONNX Runtime, "current" is the blocked form
+ONNX files get (``drsformer.deploy.blocked_msfn``: depth-wise and 1x1 convolutions, channel counts padded to multiples
+of 16). Everything else in the model is the same code. The model
 is the paper's (with MEFC), random weights (seed 0). Each figure is the median of ``--repeat`` timed iterations after
 one warm-up, the two formulations alternating so that a drift in the machine's speed falls on both. "max diff" is the
 largest difference between the two outputs of the last iteration."""
@@ -74,8 +76,7 @@ def onnx_sessions(model: DRSformer, folder: Path) -> dict[str, Callable[[Tensor]
 
     sessions: dict[str, Callable[[Tensor], Tensor]] = {}
     for name in FORMULATIONS:
-        exported = graph.ExportedDRSformer(model)  # which keeps the grouped form; set each here
-        use(exported, name)
+        exported = graph.ExportedDRSformer(model, blocked_msfn=name == "current")
         path = folder / f"{name}.onnx"
         graph.export_onnx(exported, graph.example_input(64, 64), True, path)
         sessions[name] = OnnxModel(path)

@@ -72,6 +72,21 @@ def test_dynamic_onnx_runs_at_sizes_other_than_the_traced_one(onnx_export) -> No
         assert (out - expected).abs().max().item() < 1e-4, (batch, height, width)
 
 
+def test_onnx_files_hold_no_grouped_convolution_but_depth_wise_ones(onnx_export) -> None:
+    """The MSFN's pair-grouped convolutions go to ONNX files in their blocked form (ONNX Runtime's fast kernels)."""
+    onnx = require("onnx", "the test")
+    graph = onnx.load(str(onnx_export[0])).graph
+    weights = {init.name: list(init.dims) for init in graph.initializer}
+    groups = []
+    for node in graph.node:
+        if node.op_type == "Conv":
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            groups.append(group)
+            if group > 1:
+                assert weights[node.input[1]][1] == 1, node.name  # one input channel per group
+    assert max(groups) >= 16  # the depth-wise convolutions are there
+
+
 def test_images_smaller_than_the_graph_takes_are_refused(onnx_export) -> None:
     """Sides of 8 or less make the lowest level 1 x 1, which the trace specialised away: refused, not guessed."""
     path, _, _ = onnx_export

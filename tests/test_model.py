@@ -152,14 +152,3 @@ def test_msfn_fast_path_under_bf16_autocast_stays_close() -> None:
             fast = ffn.forward_fast(x)
     assert fast.dtype == torch.bfloat16
     assert (fast.float() - reference).abs().max() < 0.05 * reference.abs().max()
-
-
-def test_exported_graphs_keep_the_grouped_msfn() -> None:
-    """ONNX Runtime ran the grouped form faster; eager CPU runs the split one (docs/benchmarks.md)."""
-    from drsformer.archs.blocks import MixedScaleFeedForward
-    from drsformer.deploy.graph import ExportedDRSformer
-
-    model = DRSformer(**TINY)
-    exported = ExportedDRSformer(model)
-    assert {m.pair_split for m in exported.modules() if isinstance(m, MixedScaleFeedForward)} == {False}
-    assert {m.pair_split for m in model.modules() if isinstance(m, MixedScaleFeedForward)} == {None}

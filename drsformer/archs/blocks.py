@@ -122,7 +122,8 @@ class MixedScaleFeedForward(nn.Module):
       is built. With odd ``hidden`` one piece carries a placeholder channel, which gets a zero column.
 
     ``pair_split`` chooses: None (the default) on CPU tensors only, where it was measured (docs/benchmarks.md);
-    True or False forces it. Exported graphs keep the grouped convolutions, which ONNX Runtime ran faster.
+    True or False forces it. ONNX files get a third form (:mod:`drsformer.deploy.blocked_msfn`), pt2 files the
+    grouped one.
     """
 
     def __init__(self, dim: int, ffn_expansion_factor: float, bias: bool, impl: str = "fast") -> None:

@@ -24,6 +24,7 @@ from ..archs.unet import SIZE_MULTIPLE
 from ..errors import ExportError
 from ..optional import require
 from ..precision import precision as precision_record
+from .blocked_msfn import block_msfns
 
 FORMATS = ("onnx", "pt2")
 # The smallest side an exported model accepts: the tracer specialises a 1 x 1 map at the lowest level (sides of
@@ -36,14 +37,16 @@ DEFAULT_OPSET = 18  # the oldest opset the dynamo exporter writes without conver
 class ExportedDRSformer(nn.Module):
     """The module that is traced: float32 in and out, the model's own precision inside."""
 
-    def __init__(self, model: DRSformer, precision: str = "fp32") -> None:
+    def __init__(self, model: DRSformer, precision: str = "fp32", blocked_msfn: bool = False) -> None:
         super().__init__()
         self.dtype = precision_record(precision).dtype
         model = copy.deepcopy(model).eval().cpu().set_impl("fast")
         model.layout_impl = "reference"  # NCHW throughout: the channels-last relayout is an eager-CPU detail
-        for module in model.modules():  # so is the MSFN's pair split: ONNX Runtime runs the grouped form faster
+        for module in model.modules():  # so is the MSFN's pair split
             if isinstance(module, MixedScaleFeedForward):
                 module.pair_split = False
+        if blocked_msfn:  # ONNX files: channel counts ONNX Runtime's blocked kernels take (see blocked_msfn)
+            block_msfns(model)
         self.model = model.to(self.dtype)
         self.config = dict(model.config)
 
