@@ -76,7 +76,7 @@ def onnx_sessions(model: DRSformer, folder: Path) -> dict[str, Callable[[Tensor]
 
     sessions: dict[str, Callable[[Tensor], Tensor]] = {}
     for name in FORMULATIONS:
-        exported = graph.ExportedDRSformer(model, blocked_msfn=name == "current")
+        exported = graph.ExportedDRSformer(model, for_onnxruntime=name == "current")
         path = folder / f"{name}.onnx"
         graph.export_onnx(exported, graph.example_input(64, 64), True, path)
         sessions[name] = OnnxModel(path)

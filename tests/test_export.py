@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from drsformer.archs import DRSformer
+from drsformer.archs.blocks import LayerNorm
 from drsformer.archs.padding import crop_to, reflect_by_indexing
 from drsformer.cli import main
 from drsformer.data.io import read_image, write_image
@@ -72,8 +73,9 @@ def test_dynamic_onnx_runs_at_sizes_other_than_the_traced_one(onnx_export) -> No
         assert (out - expected).abs().max().item() < 1e-4, (batch, height, width)
 
 
-def test_onnx_files_hold_no_grouped_convolution_but_depth_wise_ones(onnx_export) -> None:
-    """The MSFN's pair-grouped convolutions go to ONNX files in their blocked form (ONNX Runtime's fast kernels)."""
+def test_onnx_files_hold_the_forms_onnxruntime_runs_fastest(onnx_export) -> None:
+    """The MSFN's pair-grouped convolutions in their blocked form (no grouped convolution but depth-wise ones), and
+    one LayerNormalization node per layer norm."""
     onnx = require("onnx", "the test")
     graph = onnx.load(str(onnx_export[0])).graph
     weights = {init.name: list(init.dims) for init in graph.initializer}
@@ -85,6 +87,8 @@ def test_onnx_files_hold_no_grouped_convolution_but_depth_wise_ones(onnx_export)
             if group > 1:
                 assert weights[node.input[1]][1] == 1, node.name  # one input channel per group
     assert max(groups) >= 16  # the depth-wise convolutions are there
+    norms = sum(isinstance(m, LayerNorm) for m in onnx_export[1].modules())
+    assert norms and sum(node.op_type == "LayerNormalization" for node in graph.node) == norms
 
 
 def test_images_smaller_than_the_graph_takes_are_refused(onnx_export) -> None:

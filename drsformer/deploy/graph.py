@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..archs import DRSformer
-from ..archs.blocks import MixedScaleFeedForward
+from ..archs.blocks import LayerNorm, MixedScaleFeedForward
 from ..archs.unet import SIZE_MULTIPLE
 from ..errors import ExportError
 from ..optional import require
@@ -37,7 +37,7 @@ DEFAULT_OPSET = 18  # the oldest opset the dynamo exporter writes without conver
 class ExportedDRSformer(nn.Module):
     """The module that is traced: float32 in and out, the model's own precision inside."""
 
-    def __init__(self, model: DRSformer, precision: str = "fp32", blocked_msfn: bool = False) -> None:
+    def __init__(self, model: DRSformer, precision: str = "fp32", for_onnxruntime: bool = False) -> None:
         super().__init__()
         self.dtype = precision_record(precision).dtype
         model = copy.deepcopy(model).eval().cpu().set_impl("fast")
@@ -45,8 +45,11 @@ class ExportedDRSformer(nn.Module):
         for module in model.modules():  # so is the MSFN's pair split
             if isinstance(module, MixedScaleFeedForward):
                 module.pair_split = False
-        if blocked_msfn:  # ONNX files: channel counts ONNX Runtime's blocked kernels take (see blocked_msfn)
-            block_msfns(model)
+        if for_onnxruntime:  # ONNX files: forms ONNX Runtime's CPU kernels run fastest (docs/benchmarks.md)
+            block_msfns(model)  # channel counts its blocked convolutions take
+            for module in model.modules():  # one LayerNormalization node per layer norm
+                if isinstance(module, LayerNorm):
+                    module.body.permuted_kernel = True
         self.model = model.to(self.dtype)
         self.config = dict(model.config)
 

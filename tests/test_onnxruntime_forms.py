@@ -1,5 +1,6 @@
-"""The MSFN's blocked form for ONNX files: the same maths as the paper's formulation, written only with 1x1 and
-depth-wise convolutions whose channel counts are multiples of ONNX Runtime's block."""
+"""What ONNX files compute differently from eager PyTorch, for ONNX Runtime's CPU kernels, and that it is the same
+maths: the MSFN's blocked form (only 1x1 and depth-wise convolutions, channel counts multiples of ONNX Runtime's
+block) and layer norms as one kernel over the permuted view."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from conftest import TINY
 from torch import nn
 
 from drsformer.archs import DRSformer
-from drsformer.archs.blocks import MixedScaleFeedForward
+from drsformer.archs.blocks import LayerNorm, MixedScaleFeedForward
 from drsformer.deploy.blocked_msfn import BLOCK, BlockedMixedScaleFeedForward, block_msfns
 from drsformer.deploy.graph import ExportedDRSformer
 
@@ -69,12 +70,15 @@ def test_onnx_exports_take_the_blocked_form_and_pt2_the_grouped_one() -> None:
     torch.manual_seed(0)
     model = DRSformer(**TINY).eval()
     count = sum(isinstance(m, MixedScaleFeedForward) for m in model.modules())
-    onnx_form = ExportedDRSformer(model, blocked_msfn=True)
+    onnx_form = ExportedDRSformer(model, for_onnxruntime=True)
     pt2_form = ExportedDRSformer(model)
     assert not any(isinstance(m, MixedScaleFeedForward) for m in onnx_form.modules())
     assert sum(isinstance(m, BlockedMixedScaleFeedForward) for m in onnx_form.modules()) == count
     assert {m.pair_split for m in pt2_form.modules() if isinstance(m, MixedScaleFeedForward)} == {False}
     assert {m.pair_split for m in model.modules() if isinstance(m, MixedScaleFeedForward)} == {None}  # untouched
+    assert {m.body.permuted_kernel for m in onnx_form.modules() if isinstance(m, LayerNorm)} == {True}
+    assert {m.body.permuted_kernel for m in pt2_form.modules() if isinstance(m, LayerNorm)} == {False}
+    assert {m.body.permuted_kernel for m in model.modules() if isinstance(m, LayerNorm)} == {False}
     x = torch.rand(1, 3, 40, 56)
     with torch.no_grad():
         expected = model(x)
@@ -86,3 +90,18 @@ def test_block_msfns_counts_what_it_replaced() -> None:
     model = nn.Sequential(MixedScaleFeedForward(8, 2.66, True), nn.Sequential(MixedScaleFeedForward(4, 2.0, False)))
     assert block_msfns(model) == 2
     assert isinstance(model[0], BlockedMixedScaleFeedForward) and isinstance(model[1][0], BlockedMixedScaleFeedForward)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_layer_norm_on_the_permuted_view_equals_the_reference(dtype) -> None:
+    torch.manual_seed(1)
+    norm = LayerNorm(24, "WithBias").to(dtype)
+    with torch.no_grad():
+        norm.body.weight.normal_()
+        norm.body.bias.normal_()
+    x = torch.randn(2, 24, 9, 7, dtype=dtype) * 3 + 1
+    expected = norm.body.forward_reference(x)
+    norm.body.permuted_kernel = True
+    out = norm(x)
+    assert out.shape == x.shape and out.dtype == dtype
+    assert (out - expected).abs().max() <= (1e-12 if dtype == torch.float64 else 1e-5) * expected.abs().max()
