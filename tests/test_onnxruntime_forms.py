@@ -105,3 +105,16 @@ def test_layer_norm_on_the_permuted_view_equals_the_reference(dtype) -> None:
     out = norm(x)
     assert out.shape == x.shape and out.dtype == dtype
     assert (out - expected).abs().max() <= (1e-12 if dtype == torch.float64 else 1e-5) * expected.abs().max()
+
+
+@pytest.mark.parametrize("precision", ["fp16"])
+def test_the_onnx_forms_trace_with_free_sides_in_reduced_precision(precision) -> None:
+    """A channels-last layer-norm result once made the tracer add stride guards that no free width satisfies."""
+    from drsformer.deploy import graph
+
+    torch.manual_seed(0)
+    module = ExportedDRSformer(DRSformer(**TINY).eval(), precision, for_onnxruntime=True)
+    program = graph.trace(module, graph.example_input(64, 64), dynamic=True)
+    x = torch.rand(1, 3, 40, 72)
+    with torch.no_grad():
+        assert (program.module()(x) - module(x)).abs().max() == 0

@@ -70,7 +70,9 @@ class _ChannelNorm(nn.Module):
                 out = F.layer_norm(
                     source.permute(0, 2, 3, 1), x.shape[1:2], self.weight.to(dtype), self.bias.to(dtype), 1e-5
                 )
-                return out.permute(0, 3, 1, 2).to(x.dtype)
+                out = out.permute(0, 3, 1, 2).to(x.dtype)
+                # NCHW in, NCHW out: a channels-last result would make the tracer guard on its strides downstream
+                return out if _is_nhwc(x) else out.contiguous()
             xf = _at_least_float32(x)
             weight = self.weight.to(xf.dtype)
             bias = None if self.bias is None else self.bias.to(xf.dtype)

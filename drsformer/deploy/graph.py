@@ -5,7 +5,9 @@ inside: with ``fp16``/``bf16`` the weights are stored in that dtype and the inpu
 statistics and the attention's sums stay float32, as in eager mode). Height and width are dynamic by default;
 the model's reflect-pad to a multiple of 8 and the crop back are then part of the graph
 (:func:`~drsformer.archs.padding.pad_to_multiple`), so any H x W of at least 8 x 8 runs, not just the traced
-one. The model is traced in its fast implementation, in the NCHW layout (ONNX has no memory layouts).
+one. The model is traced in its fast implementation, in the NCHW layout (ONNX has no memory layouts). ONNX
+files get two forms of the same maths that ONNX Runtime's CPU kernels run faster: the MSFN in blocked
+convolutions (:mod:`.blocked_msfn`) and each layer norm as one LayerNormalization node.
 """
 
 from __future__ import annotations
