@@ -18,7 +18,7 @@ and the evens from 2. Pair ``m`` reads the last 3x3 even and channel 0's 5x5 map
 last slot, so their 3x3 map is computed with 5x5 kernels (the 3x3 ones zero-padded).
 
 Zero weights add exact zeros, so the result differs from the grouped form by float rounding only (the order of
-the additions). ONNX Runtime ran this form 1.5-2.8x faster per MSFN than the grouped one, and faster than eager
+the additions). ONNX Runtime ran this form 1.4-2.7x faster per MSFN than the grouped one, and faster than eager
 PyTorch's (docs/benchmarks.md).
 """
 
@@ -66,11 +66,11 @@ def _half_plan(hidden: int) -> tuple[list[tuple[int, ...]], list[_Map], list[_Pi
         segments = [evens, odds]
         maps = [_Map(s, segments[s], (k,) * m) for k in (3, 5) for s in (0, 1)]
         return segments, maps, [_Piece(0, 1, tuple(range(m))), _Piece(2, 3, tuple(range(m, hidden)))]
-    odds_then_zero, later_evens = odds + (0,), evens[1:]
-    segments = [evens, odds_then_zero, later_evens]
+    odds_then_first, later_evens = odds + (0,), evens[1:]
+    segments = [evens, odds_then_first, later_evens]
     maps = [
         _Map(0, evens, (3,) * (m + 1)),
-        _Map(1, odds_then_zero, (3,) * m + (5,)),  # pair m's second input: channel 0's 5x5 map
+        _Map(1, odds_then_first, (3,) * m + (5,)),  # pair m's second input: channel 0's 5x5 map
         _Map(1, odds, (5,) * m),
         _Map(2, later_evens, (5,) * m),
     ]
