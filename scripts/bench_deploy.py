@@ -148,7 +148,7 @@ def export_once(args: argparse.Namespace, tmp: Path) -> str:
     model = load_model(args.weights)
     path = tmp / "model.onnx"
     start = time.perf_counter()
-    graph.export_onnx(graph.ExportedDRSformer(model, for_onnxruntime=True), graph.example_input(64, 64), True, path)
+    graph.export_onnx(graph.module_for(model, "onnx"), graph.example_input(64, 64), True, path)
     print(f"exported {path} in {time.perf_counter() - start:.0f} s", flush=True)
     return str(path)
 

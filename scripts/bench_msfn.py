@@ -4,12 +4,12 @@ eager training step, and ONNX Runtime on graphs exported from each. Prints one t
     python scripts/bench_msfn.py --sizes 128 256 --repeat 3
     python scripts/bench_msfn.py --sizes 256 --modes onnx
 
-"previous" is the fast path before issue 29 (``MixedScaleFeedForward.pair_split = False``, what CUDA and exported graphs
+"previous" is the fast path before issue 29 (``MixedScaleFeedForward.pair_split = False``, what CUDA and pt2 files
 run): the pair-grouped convolutions (``dwconv3x3_1``, ``dwconv5x5_1``, two input channels per group) run as grouped
 convolutions on ``cat([a, b])``. "current" (``pair_split = True``, the CPU default) computes them as depth-wise ones on
-contiguous segments of the first stage, without concatenations. For ONNX Runtime, "current" is the blocked form
-ONNX files get (``drsformer.deploy.blocked_msfn``: depth-wise and 1x1 convolutions, channel counts padded to multiples
-of 16). Everything else in the model is the same code. The model
+contiguous segments of the first stage, without concatenations. Everything else in the model is the same code, except
+for ONNX Runtime: there "previous" is the grouped export and "current" what ONNX files get now, the blocked MSFN
+(``drsformer.deploy.blocked_msfn``) and each layer norm as one LayerNormalization node. The model
 is the paper's (with MEFC), random weights (seed 0). Each figure is the median of ``--repeat`` timed iterations after
 one warm-up, the two formulations alternating so that a drift in the machine's speed falls on both. "max diff" is the
 largest difference between the two outputs of the last iteration."""

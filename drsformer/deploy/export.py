@@ -73,7 +73,7 @@ def export_graph(
     sizes = list(check_sizes) if check_sizes else default_check_sizes(size)
     if not dynamic and any((h, w) != tuple(trace_size) or b != 1 for b, h, w in sizes):
         raise ConfigError(f"--size {trace_size[0]}x{trace_size[1]} fixes the input, so --check-sizes must be that size")
-    module = graph.ExportedDRSformer(model, precision, for_onnxruntime=fmt == "onnx")
+    module = graph.module_for(model, fmt, precision)
     example = graph.example_input(*trace_size, channels=model.config["inp_channels"], dynamic=dynamic)
     shape = "dynamic batch x height x width" if dynamic else f"fixed 1x{trace_size[0]}x{trace_size[1]}"
     report(f"exporting {source} to {fmt} ({precision}, {shape}, traced at {trace_size[0]}x{trace_size[1]})")

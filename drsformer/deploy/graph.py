@@ -59,6 +59,11 @@ class ExportedDRSformer(nn.Module):
         return self.model(x.to(self.dtype)).float()
 
 
+def module_for(model: DRSformer, fmt: str, precision: str = "fp32") -> ExportedDRSformer:
+    """The module traced for a file of format ``fmt``: ONNX files get the forms ONNX Runtime runs fastest."""
+    return ExportedDRSformer(model, precision, for_onnxruntime=fmt == "onnx")
+
+
 def example_input(height: int, width: int, channels: int = 3, dynamic: bool = True) -> Tensor:
     """The tracing input: a batch of 2 when dynamic (a traced size of 1 would be specialised as a constant)."""
     batch = 2 if dynamic else 1
