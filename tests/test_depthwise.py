@@ -5,13 +5,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drsformer.archs.depthwise import depthwise_conv2d
+from drsformer.archs.depthwise import dilated_by_phases, depthwise_conv2d
 from drsformer.archs.mefc import ExpertStep
 
 
 def _values_and_gradients(fn, inputs, seed_grad):
     out = fn(*inputs)
     return out, torch.autograd.grad(out, [t for t in inputs if t is not None], seed_grad)
+
+
+def _graph_functions(out: torch.Tensor) -> set[str]:
+    """The names of every backward function in ``out``'s graph."""
+    seen, todo = set(), [out.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo.extend(next_node for next_node, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
 
 
 @pytest.mark.parametrize("kernel, dilation", [(5, 1), (7, 1), (3, 2), (5, 2), (7, 2)])
@@ -29,10 +40,12 @@ def test_depthwise_gradients_equal_pytorchs(kernel, dilation, batch, channels_la
     seed_grad = torch.randn(batch, channels, height, width, dtype=torch.float64)
 
     ours, our_grads = _values_and_gradients(lambda *a: depthwise_conv2d(*a, padding, dilation), inputs, seed_grad)
-    assert type(ours.grad_fn).__name__ == "_DepthwiseConv2dBackward"
+    on_phases = padding >= 5  # the 7x7 kernel at dilation 2 runs on the image's phases, still through ours
+    assert "_DepthwiseConv2dBackward" in _graph_functions(ours)
+    assert (type(ours.grad_fn).__name__ == "_DepthwiseConv2dBackward") != on_phases
     plain = lambda x, w, b: F.conv2d(x, w, b, padding=padding, dilation=dilation, groups=channels)  # noqa: E731
     theirs, their_grads = _values_and_gradients(plain, inputs, seed_grad)
-    assert torch.equal(ours, theirs)
+    assert (ours - theirs).abs().max() < 1e-12
     for mine, reference in zip(our_grads, their_grads, strict=True):
         assert (mine - reference).abs().max() < 1e-12
 
@@ -66,7 +79,57 @@ def test_depthwise_falls_back_where_pytorchs_kernel_serves(case) -> None:
     assert type(out.grad_fn).__name__ == "ConvolutionBackward0"
 
 
-@pytest.mark.parametrize("kernel, dilation", [(5, 1), (3, 2), (5, 2)])
+@pytest.mark.parametrize("kernel, dilation", [(7, 2), (3, 3), (5, 2), (3, 6), (9, 2)])
+@pytest.mark.parametrize("height, width", [(16, 24), (17, 10), (5, 7)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_dilated_convolution_on_phases_equals_the_dilated_one(kernel, dilation, height, width, channels_last) -> None:
+    """Values and gradients (input, weight, bias) in float64, sides that are and are not multiples of the dilation,
+    smaller than the kernel's reach, either layout (kept in the output)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, height, width, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    inputs = [t.requires_grad_() for t in (x, torch.randn(5, 1, kernel, kernel, dtype=torch.float64),
+                                           torch.randn(5, dtype=torch.float64))]  # fmt: skip
+    padding = dilation * (kernel - 1) // 2
+    seed_grad = torch.randn(2, 5, height, width, dtype=torch.float64)
+    ours, our_grads = _values_and_gradients(lambda x, w, b: dilated_by_phases(x, w, b, dilation), inputs, seed_grad)
+    plain = lambda x, w, b: F.conv2d(x, w, b, padding=padding, dilation=dilation, groups=5)  # noqa: E731
+    theirs, their_grads = _values_and_gradients(plain, inputs, seed_grad)
+    assert ours.shape == theirs.shape and (ours - theirs).abs().max() < 1e-12
+    for mine, reference in zip(our_grads, their_grads, strict=True):
+        assert (mine - reference).abs().max() < 1e-12
+    if height % dilation == 0 and width % dilation == 0:  # uncropped: the input's layout
+        assert ours.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("kernel, dilation, on_phases", [(7, 2, True), (3, 3, False), (5, 2, False), (3, 5, True)])
+def test_large_dilated_kernels_run_on_phases_on_cpu_only(kernel, dilation, on_phases) -> None:
+    """From a padding of 5 on (where oneDNN's AVX2 kernel slows down), eagerly and on CPU; never when traced."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 12, 12).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(4, 1, kernel, kernel)
+    padding = dilation * (kernel - 1) // 2
+    with torch.no_grad():
+        out = depthwise_conv2d(x, weight, None, padding, dilation)
+        assert torch.allclose(out, F.conv2d(x, weight, padding=padding, dilation=dilation, groups=4), atol=1e-5)
+    out = depthwise_conv2d(x.requires_grad_(), weight, None, padding, dilation)
+    assert ("PermuteBackward0" in _graph_functions(out)) == on_phases
+    program = torch.export.export(_Depthwise(weight, padding, dilation), (x.detach(),))
+    convolutions = [n for n in program.graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+    assert len(convolutions) == 1 and convolutions[0].args[5] == [dilation, dilation]
+
+
+class _Depthwise(torch.nn.Module):
+    def __init__(self, weight: torch.Tensor, padding: int, dilation: int) -> None:
+        super().__init__()
+        self.weight, self.padding, self.dilation = torch.nn.Parameter(weight, False), padding, dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depthwise_conv2d(x, self.weight, None, self.padding, self.dilation)
+
+
+@pytest.mark.parametrize("kernel, dilation", [(5, 1), (3, 2), (5, 2), (7, 2)])
 def test_depthwise_gradients_under_bf16_autocast(kernel, dilation) -> None:
     """Cast as autocast casts, and right where PyTorch 2.14.1's bf16 channels-last dilated weight gradient is not."""
     torch.manual_seed(0)
@@ -76,7 +139,7 @@ def test_depthwise_gradients_under_bf16_autocast(kernel, dilation) -> None:
     padding = dilation * (kernel - 1) // 2
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = depthwise_conv2d(x, weight, bias, padding, dilation)
-    assert out.dtype == torch.bfloat16 and type(out.grad_fn).__name__ == "_DepthwiseConv2dBackward"
+    assert out.dtype == torch.bfloat16 and "_DepthwiseConv2dBackward" in _graph_functions(out)
     seed_grad = torch.randn(out.shape)
     out.float().backward(seed_grad)
     exact_leaves = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
