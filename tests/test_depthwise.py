@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drsformer.archs.depthwise import dilated_by_phases, depthwise_conv2d
+from drsformer.archs.depthwise import depthwise_conv2d, dilated_by_phases
 from drsformer.archs.mefc import ExpertStep
 
 
