@@ -8,6 +8,7 @@ graph stores its weights and computes in the precision's dtype. Everything that 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -57,4 +58,23 @@ def needs_grad_scaler(name: str) -> bool:
 def autocast(device: torch.device | str, name: str) -> torch.autocast:
     """``torch.autocast`` for precision ``name`` on ``device``'s type (disabled for fp32)."""
     record = precision(name)
-    return torch.autocast(torch.device(device).type, dtype=record.dtype, enabled=record.autocast)
+    device_type = torch.device(device).type
+    if record.autocast and device_type == "cpu" and not cpu_computes_natively(record.dtype):
+        warnings.warn(
+            f"precision {name}: this CPU has no {name} arithmetic (oneDNN finds no AVX-512 {name.upper()} or AMX), "
+            f"so {name} runs emulated, many times slower than fp32 (docs/benchmarks.md); use fp32 here",
+            stacklevel=2,
+        )
+    return torch.autocast(device_type, dtype=record.dtype, enabled=record.autocast)
+
+
+def cpu_computes_natively(dtype: torch.dtype) -> bool:
+    """Whether oneDNN has instructions for ``dtype`` on this CPU (float32 always does). Without them bf16 and fp16
+    convolutions were 14-70x slower than float32 (2-core AVX2 VM, docs/benchmarks.md)."""
+    probes = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
+    if dtype not in probes:
+        return True
+    try:
+        return bool(getattr(torch.ops.mkldnn, probes[dtype])())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: nothing to warn about that we know of
+        return True

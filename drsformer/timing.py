@@ -26,7 +26,7 @@ from .archs import DRSformer
 from .archs.drsformer import IMPL_PARTS, PART_TYPES
 from .engine.step import StepOptions, Stepper
 from .memory import peak_mb, reset_peak
-from .precision import autocast
+from .precision import autocast, cpu_computes_natively
 
 
 @dataclass
@@ -192,11 +192,23 @@ def _run_paths(
     return results, difference
 
 
+def cpu_description() -> str:
+    """The CPU as CPU figures depend on it: the architecture, the vector instructions PyTorch dispatches to, and
+    the reduced precisions oneDNN computes natively (without them, bf16 and fp16 run emulated and slow)."""
+    native = [
+        name for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)) if cpu_computes_natively(dtype)
+    ]
+    return (
+        f"{platform.processor() or platform.machine()}, {torch.backends.cpu.get_cpu_capability()}, "
+        f"native {'/'.join(native) if native else 'fp32 only'}"
+    )
+
+
 def environment(device: str) -> dict[str, Any]:
     env = {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_description(),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }

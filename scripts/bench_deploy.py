@@ -27,7 +27,6 @@ import importlib.util
 import inspect
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from drsformer.memory import peak_mb, prepare_host_memory, reset_peak, resident_mb
+from drsformer.timing import cpu_description
 
 PATHS = ("eager-fp32", "eager-bf16", "onnx", "onnx-noopt", "onnx-fp16", "authors")
 
@@ -284,9 +284,7 @@ def main() -> None:
         parser.error("the onnx-fp16 path needs --onnx-fp16 FILE")
     if "authors" in args.paths and not args.authors_arch:
         parser.error("the authors path needs --authors-arch FILE")
-    print(
-        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads", flush=True
-    )
+    print(f"torch {torch.__version__}, {cpu_description()}, {args.threads} threads", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         if any(p in ("onnx", "onnx-noopt") for p in args.paths) and not args.onnx:

@@ -39,6 +39,7 @@ from drsformer.archs.blocks import TransformerBlock
 from drsformer.archs.variants import VARIANTS
 from drsformer.memory import prepare_host_memory
 from drsformer.precision import PRECISIONS, autocast
+from drsformer.timing import cpu_description
 
 CONVOLUTIONS = ("aten::mkldnn_convolution", "aten::convolution_backward")
 # An output gradient used as the kernel (drsformer.archs.depthwise): its k x k output is not in the shapes.
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = VARIANTS[args.variant](impl=args.impl)
     model.train(args.mode == "train")
-    print(f"{args.variant}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{args.variant}, {torch.get_num_threads()} threads, torch {torch.__version__}, {cpu_description()}")
     for size in (int(s) for s in args.sizes.split(",")):
         profile(model, size, args.mode, args.repeat, args.top, args.precision)
     return 0

@@ -4,6 +4,7 @@ with every protocol."""
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -185,6 +186,28 @@ def recorded_dtypes(names: tuple[str, ...]):
 
     with Record():
         yield seen
+
+
+@pytest.mark.parametrize(
+    "precision, probe", [("bf16", "_is_mkldnn_bf16_supported"), ("fp16", "_is_mkldnn_fp16_supported")]
+)
+@pytest.mark.parametrize("native", [True, False])
+def test_reduced_precision_on_a_cpu_without_its_arithmetic_warns(precision, probe, native, monkeypatch) -> None:
+    """Without native instructions oneDNN emulates bf16/fp16, 14-70x slower than fp32: the user is told, once
+    per call site, and the run goes on. Where the CPU has them, or for fp32 and CUDA, nothing is said."""
+    monkeypatch.setattr(torch.ops.mkldnn, probe, lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with autocast("cpu", precision):
+            assert torch.get_autocast_dtype("cpu") == (torch.bfloat16 if precision == "bf16" else torch.float16)
+        autocast("cpu", "fp32")
+        autocast("cuda", precision)
+    messages = [str(w.message) for w in caught if str(w.message).startswith("precision ")]  # not torch's own
+    if native:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and messages[0].startswith(f"precision {precision}: this CPU has no {precision} ")
+        assert "use fp32 here" in messages[0]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -11,7 +11,7 @@ from ..archs.drsformer import IMPL_PARTS, IMPLS
 from ..devices import resolve_device
 from ..errors import ConfigError
 from ..memory import prepare_host_memory
-from ..timing import BenchSettings, format_table, run_paths, to_json
+from ..timing import BenchSettings, cpu_description, format_table, run_paths, to_json
 from .args import add_device, add_model, add_precision, model_from_args, parse_size
 
 
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     )
     paths = ["reference", "fast"] if args.compare else [args.impl]
     print(f"benchmarking {source}; {args.warmup} warm-up + {args.repeat} timed iterations per path", flush=True)
+    print(f"torch {torch.__version__}; CPU: {cpu_description()}, {torch.get_num_threads()} threads", flush=True)
     results, difference = run_paths(model, settings, paths)
     print(format_table(settings, results, difference))
     if args.json:
