@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drsformer.archs.depthwise import depthwise_conv2d, dilated_by_phases
+from drsformer.archs.depthwise import PHASES_FROM_PADDING, depthwise_conv2d, dilated_by_phases
 from drsformer.archs.mefc import ExpertStep
 
 
@@ -40,7 +40,7 @@ def test_depthwise_gradients_equal_pytorchs(kernel, dilation, batch, channels_la
     seed_grad = torch.randn(batch, channels, height, width, dtype=torch.float64)
 
     ours, our_grads = _values_and_gradients(lambda *a: depthwise_conv2d(*a, padding, dilation), inputs, seed_grad)
-    on_phases = padding >= 5  # the 7x7 kernel at dilation 2 runs on the image's phases, still through ours
+    on_phases = padding >= PHASES_FROM_PADDING  # the 7x7 kernel at dilation 2: on the phases, still through ours
     assert "_DepthwiseConv2dBackward" in _graph_functions(ours)
     assert (type(ours.grad_fn).__name__ == "_DepthwiseConv2dBackward") != on_phases
     plain = lambda x, w, b: F.conv2d(x, w, b, padding=padding, dilation=dilation, groups=channels)  # noqa: E731
