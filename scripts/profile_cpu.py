@@ -20,6 +20,10 @@ The whole iteration is first timed with nothing attached. Then:
 - **Other operators**: ``torch.profiler``'s self CPU time for the operators that are not convolutions. Read it as a
   ranking: the profiler inflates short operators.
 - In training, the convolutions' backward too, from ``torch.profiler`` (the clock cannot see inside autograd).
+- **The floor** (inference): the iteration's matrix products (1x1 and dense convolutions, ``mm``/``bmm``) at this
+  CPU's measured fp32 matrix-product rate, plus its depth-wise convolutions' maps, each read and written once, at
+  its measured copy bandwidth. No implementation of these operators runs faster than that on this CPU, so it
+  bounds any speed-up target.
 
 GFLOP counts a multiply and an add per weight per output pixel (twice that for a backward). Under autocast
 (``--precision bf16``) each convolution's clock includes autocast's casts of its weight and bias.
@@ -42,6 +46,7 @@ from drsformer.precision import PRECISIONS, autocast
 from drsformer.timing import cpu_description
 
 CONVOLUTIONS = ("aten::mkldnn_convolution", "aten::convolution_backward")
+MATRIX_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 # An output gradient used as the kernel (drsformer.archs.depthwise): its k x k output is not in the shapes.
 WEIGHT_GRADIENTS = "depth-wise weight gradients as forward convolutions"
 
@@ -65,6 +70,37 @@ def conv_flops(weight_shape: torch.Size | list[int], out_shape: torch.Size | lis
     o, per_group, kh, kw = weight_shape
     n, _, h, w = out_shape
     return 2.0 * o * per_group * kh * kw * n * h * w
+
+
+def is_matrix_product(kind: str) -> bool:
+    """Whether a convolution kind is a matrix product per pixel (1x1, dense), not a per-channel filter."""
+    return kind.startswith(("1x1", "dense"))
+
+
+def matrix_product_gflop(events, repeat: int) -> float:
+    """GFLOP per iteration of the ``mm``/``bmm`` products among ``torch.profiler`` events (``with_flops=True``)."""
+    return sum(event.flops for event in events if event.key in MATRIX_PRODUCTS) / 1e9 / repeat
+
+
+def _best_seconds(work, runs: int) -> float:
+    work()  # warm-up
+    best = float("inf")
+    for _ in range(runs):
+        begun = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - begun)
+    return best
+
+
+def machine_rates(side: int = 2048, megabytes: int = 256, runs: int = 5) -> tuple[float, float]:
+    """This CPU's fp32 matrix-product rate in GFLOP/s (``side`` x ``side`` products) and its memory bandwidth in
+    GB/s read plus written (copying ``megabytes``), each the best of ``runs``, at the current thread count."""
+    a, b = torch.rand(side, side), torch.rand(side, side)
+    product = _best_seconds(lambda: torch.mm(a, b), runs)
+    source = torch.rand(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    copy = _best_seconds(lambda: target.copy_(source), runs)
+    return 2 * side**3 / product / 1e9, 2 * source.nbytes / copy / 1e9
 
 
 def conv_table(events, repeat: int) -> dict[str, list[float]]:
@@ -115,6 +151,7 @@ class ClockedParts:
         self.model = model
         self.clock_convolutions = clock_convolutions
         self.kinds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # seconds, GFLOP, calls
+        self.filter_bytes = 0  # input and output bytes of the per-channel (not matrix-product) convolutions
         self.parts: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # seconds, conv seconds, calls
         self.resolution: dict[str, int] = {}
         self._open: list[tuple[str, float]] = []
@@ -125,7 +162,10 @@ class ClockedParts:
         begun = time.perf_counter()
         out = self._conv2d(x, weight, *args, **kwargs)
         seconds = time.perf_counter() - begun
-        entry = self.kinds[conv_kind(list(weight.shape))]
+        kind = conv_kind(list(weight.shape))
+        entry = self.kinds[kind]
+        if not is_matrix_product(kind):
+            self.filter_bytes += x.nbytes + out.nbytes
         entry[0] += seconds
         entry[1] += conv_flops(weight.shape, out.shape) / 1e9
         entry[2] += 1
@@ -201,6 +241,33 @@ def print_parts(clocked: ClockedParts, repeat: int, whole: float, mode: str) -> 
         print(f"| between the parts (skips, residual adds, reductions) | | | {rest:.3f} s | {rest / whole:.0%} | |")
 
 
+def print_floor(
+    product_gflop: float, filter_gflop: float, filter_bytes: float, whole: float, rates: tuple[float, float]
+) -> None:
+    product_rate, bandwidth = rates
+    products, filter_arithmetic, filter_traffic = (
+        product_gflop / product_rate,
+        filter_gflop / product_rate,
+        filter_bytes / 1e9 / bandwidth,
+    )
+    floor = products + max(filter_arithmetic, filter_traffic)
+    print(
+        f"\nThe floor on this CPU, {torch.get_num_threads()} threads: fp32 matrix products at {product_rate:.1f} "
+        f"GFLOP/s (2048² products, best of 5), memory at {bandwidth:.1f} GB/s (a 256 MB copy, read plus written, "
+        "best of 5):\n"
+    )
+    filtering = "depth-wise (and pair-grouped) convolutions"
+    print("| work | amount | time at those rates |")
+    print("|---|---:|---:|")
+    print(f"| matrix products: 1x1 and dense convolutions, mm, bmm | {product_gflop:.1f} GFLOP | {products:.3f} s |")
+    print(f"| {filtering}: their arithmetic | {filter_gflop:.1f} GFLOP | {filter_arithmetic:.3f} s |")
+    print(f"| {filtering}: each map read and written once | {filter_bytes / 1e9:.2f} GB | {filter_traffic:.3f} s |")
+    print(
+        f"| the products and the larger depth-wise row, everything else free | | {floor:.3f} s: the iteration "
+        f"takes {whole / floor:.2f}x that |"
+    )
+
+
 def profile(model: nn.Module, size: int, mode: str, repeat: int, top: int, precision: str = "fp32") -> None:
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     run_once(model, image, mode, precision)  # warm-up: allocator and oneDNN primitives
@@ -216,7 +283,8 @@ def profile(model: nn.Module, size: int, mode: str, repeat: int, top: int, preci
         for _ in range(repeat):
             run_once(model, image, mode, precision)
         clocked_whole = (time.perf_counter() - begun) / repeat
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+    cpu = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=cpu, record_shapes=True, with_flops=mode == "infer") as prof:
         for _ in range(repeat):
             run_once(model, image, mode, precision)
 
@@ -236,6 +304,12 @@ def profile(model: nn.Module, size: int, mode: str, repeat: int, top: int, preci
     for event in [e for e in events if e.key not in CONVOLUTIONS][:top]:
         seconds = event.self_cpu_time_total / 1e6 / repeat
         print(f"| `{event.key}` | {event.count // repeat} | {seconds:.3f} s |")
+
+    if mode == "infer" and precision == "fp32":
+        products = matrix_product_gflop(prof.key_averages(), repeat)
+        products += sum(gflop for kind, (_, gflop, _) in kinds.items() if is_matrix_product(kind))
+        filters = sum(gflop for kind, (_, gflop, _) in kinds.items() if not is_matrix_product(kind))
+        print_floor(products, filters, clocked.filter_bytes / repeat, whole, machine_rates())
 
 
 def main(argv: list[str] | None = None) -> int:

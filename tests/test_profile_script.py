@@ -74,3 +74,39 @@ def test_bf16_runs_under_autocast_and_counts_the_same_work(profile_cpu) -> None:
     handle.remove()
     assert seen == [torch.float32, torch.bfloat16]
     assert gflop["bf16"] == pytest.approx(gflop["fp32"], rel=1e-12) and gflop["fp32"] > 0
+
+
+def test_the_floor_counts_every_matrix_product_and_each_filter_map(profile_cpu) -> None:
+    """The floor's two amounts: the products' FLOPs equal torch's own count of the convolutions and products that
+    are not per-channel filters, and the filters' bytes are their inputs and outputs, counted here by hand for a
+    reference MSFN."""
+    torch.manual_seed(0)
+    model = DRSformer(**TINY).eval()
+    image = torch.rand(1, 3, 16, 24)
+    cpu = [torch.profiler.ProfilerActivity.CPU]
+    with profile_cpu.ClockedParts(model, clock_convolutions=True) as clocked, torch.inference_mode():
+        model(image)
+    with torch.profiler.profile(activities=cpu, record_shapes=True, with_flops=True) as prof, torch.inference_mode():
+        model(image)
+    products = profile_cpu.matrix_product_gflop(prof.key_averages(), repeat=1)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(image)
+    counts = counter.get_flop_counts()["Global"]
+    expected = sum(n for op, n in counts.items() if op is not torch.ops.aten.convolution) / 1e9
+    assert products == pytest.approx(expected, rel=1e-9) and products > 0  # the attention's products
+    filters = sum(g for kind, (_, g, _) in clocked.kinds.items() if not profile_cpu.is_matrix_product(kind))
+    convolutions = sum(g for _, g, _ in clocked.kinds.values())
+    assert 0 < filters < convolutions
+
+    from drsformer.archs.blocks import MixedScaleFeedForward
+
+    ffn = MixedScaleFeedForward(6, 2.0, bias=False, impl="reference")  # hidden 12
+    with profile_cpu.ClockedParts(ffn, clock_convolutions=True) as clocked, torch.inference_mode():
+        ffn(torch.rand(1, 6, 8, 8))
+    # dwconv3x3, dwconv5x5: 24 -> 24 channels; dwconv3x3_1, dwconv5x5_1: 24 -> 12; 64 pixels, 4 bytes each
+    assert clocked.filter_bytes == (2 * (24 + 24) + 2 * (24 + 12)) * 64 * 4
+
+
+def test_machine_rates_are_measured(profile_cpu) -> None:
+    product_rate, bandwidth = profile_cpu.machine_rates(side=128, megabytes=4, runs=2)
+    assert 0.01 < product_rate < 1e5 and 0.01 < bandwidth < 1e5
