@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from conftest import TINY
 from torch.utils.flop_counter import FlopCounterMode
 
+from drsformer.archs.blocks import MixedScaleFeedForward
 from drsformer.archs.drsformer import DRSformer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,9 +78,9 @@ def test_bf16_runs_under_autocast_and_counts_the_same_work(profile_cpu) -> None:
 
 
 def test_the_floor_counts_every_matrix_product_and_each_filter_map(profile_cpu) -> None:
-    """The floor's two amounts: the products' FLOPs equal torch's own count of the convolutions and products that
-    are not per-channel filters, and the filters' bytes are their inputs and outputs, counted here by hand for a
-    reference MSFN."""
+    """The floor's amounts: the mm/bmm FLOPs read from the profiler equal FlopCounterMode's count of everything
+    that is not a convolution, the per-channel filters are counted apart from the convolutions that are matrix
+    products, and their bytes are their inputs and outputs, counted here by hand for a reference MSFN."""
     torch.manual_seed(0)
     model = DRSformer(**TINY).eval()
     image = torch.rand(1, 3, 16, 24)
@@ -97,9 +98,6 @@ def test_the_floor_counts_every_matrix_product_and_each_filter_map(profile_cpu) 
     filters = sum(g for kind, (_, g, _) in clocked.kinds.items() if not profile_cpu.is_matrix_product(kind))
     convolutions = sum(g for _, g, _ in clocked.kinds.values())
     assert 0 < filters < convolutions
-
-    from drsformer.archs.blocks import MixedScaleFeedForward
-
     ffn = MixedScaleFeedForward(6, 2.0, bias=False, impl="reference")  # hidden 12
     with profile_cpu.ClockedParts(ffn, clock_convolutions=True) as clocked, torch.inference_mode():
         ffn(torch.rand(1, 6, 8, 8))
