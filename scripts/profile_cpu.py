@@ -247,11 +247,9 @@ def print_floor(
     product_gflop: float, filter_gflop: float, filter_bytes: float, whole: float, rates: tuple[float, float]
 ) -> None:
     product_rate, bandwidth = rates
-    products, filter_arithmetic, filter_traffic = (
-        product_gflop / product_rate,
-        filter_gflop / product_rate,
-        filter_bytes / 1e9 / bandwidth,
-    )
+    products = product_gflop / product_rate
+    filter_arithmetic = filter_gflop / product_rate
+    filter_traffic = filter_bytes / 1e9 / bandwidth
     floor = products + max(filter_arithmetic, filter_traffic)
     print(
         f"\nThe floor on this CPU, {torch.get_num_threads()} threads: fp32 matrix products at {product_rate:.1f} "
@@ -310,11 +308,12 @@ def profile(model: nn.Module, size: int, mode: str, repeat: int, top: int, preci
         print(f"| `{event.key}` | {event.count // repeat} | {seconds:.3f} s |")
 
     if floor_wanted:  # the rates measured before the iterations and after, the faster of each (a lower floor)
-        rates = tuple(max(pair) for pair in zip(rates_before, machine_rates(), strict=True))
+        rates_after = machine_rates()
+        rates = (max(rates_before[0], rates_after[0]), max(rates_before[1], rates_after[1]))
         products = matrix_product_gflop(prof.key_averages(), repeat)
         products += sum(gflop for kind, (_, gflop, _) in kinds.items() if is_matrix_product(kind))
         filters = sum(gflop for kind, (_, gflop, _) in kinds.items() if not is_matrix_product(kind))
-        print_floor(products, filters, clocked.filter_bytes / repeat, whole, (rates[0], rates[1]))
+        print_floor(products, filters, clocked.filter_bytes / repeat, whole, rates)
 
 
 def main(argv: list[str] | None = None) -> int:
